@@ -1,0 +1,53 @@
+"""The `lumi` command: one subcommand per stage of the pipeline.
+
+Each subcommand lives in the module that does its job; that module exposes
+`add_arguments(parser)` and `run(args) -> int`. The table below is the whole list, so
+`lumi --help` shows every stage, and a module is imported only when its command runs
+(JAX start-up is slow, and `lumi --help` should not pay for it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lumi_jax.errors import exit_on_user_error
+
+# name -> (module, one-line help). Order is the order of the pipeline.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "architecture": ("lumi_jax.architecture", "parameter counts, memory estimates and LLaMA checks for model configs"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lumi",
+        description="lumi_jax: train tiny LLaMA-style language models from scratch.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module_name, help_text) in COMMANDS.items():
+        subparsers.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints help, or a clear "invalid choice" with exit status 2
+        parser.print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = COMMANDS[name]
+    with exit_on_user_error():
+        module = importlib.import_module(module_name)
+        command_parser = argparse.ArgumentParser(prog=f"lumi {name}", description=help_text)
+        module.add_arguments(command_parser)
+        args = command_parser.parse_args(rest)
+        return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

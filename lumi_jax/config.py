@@ -1,0 +1,216 @@
+"""Settings as dataclasses, loaded from JSON with strict validation.
+
+Every config file is checked field by field: an unknown key, a wrong type or an absurd value
+raises a `UserError` that names the file, the field and the fix. `dataclass_from_dict` does the
+generic part (keys and types) for any settings dataclass; each dataclass's `validate` does the
+checks that need several fields at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from lumi_jax.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "config"
+ARCHITECTURES_DIR = CONFIG_DIR / "architectures"
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The shape of a LLaMA-style model. Sizes count honestly: see architecture.py."""
+
+    name: str
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    max_seq_len: int  # the context length the model is trained for
+    n_kv_heads: int | None = None  # grouped-query attention; None means n_heads (plain MHA)
+    hidden_dim: int | None = None  # SwiGLU width; None means LLaMA's 8/3·d rounded up to multiple_of
+    multiple_of: int = 32
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    dtype: str = "float32"  # compute dtype; parameters are always float32
+    description: str = ""
+    published_params: int | None = None  # for reference shapes: the count their authors publish
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.hidden_dim is not None:
+            return self.hidden_dim
+        return llama_hidden_dim(self.d_model, self.multiple_of)
+
+    def validate(self, source: str) -> None:
+        def fail(field: str, problem: str, fix: str) -> None:
+            raise UserError(f"{source}: field '{field}' {problem}; {fix}")
+
+        for field in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "multiple_of"):
+            if getattr(self, field) <= 0:
+                fail(field, f"is {getattr(self, field)}", "use a positive integer")
+        for field in ("n_kv_heads", "hidden_dim", "published_params"):
+            value = getattr(self, field)
+            if value is not None and value <= 0:
+                fail(field, f"is {value}", "use a positive integer or leave it out")
+        if self.d_model % self.n_heads:
+            fail("n_heads", f"({self.n_heads}) does not divide d_model ({self.d_model})",
+                 "choose n_heads so that d_model / n_heads is a whole head size")
+        if self.head_dim % 2:
+            fail("n_heads", f"gives an odd head size ({self.head_dim})",
+                 "RoPE rotates pairs of dimensions: make d_model / n_heads even")
+        if self.n_heads % self.kv_heads:
+            fail("n_kv_heads", f"({self.kv_heads}) does not divide n_heads ({self.n_heads})",
+                 "use a divisor of n_heads (n_heads itself for plain multi-head attention)")
+        if self.rope_theta <= 0:
+            fail("rope_theta", f"is {self.rope_theta}", "use a positive base such as 10000")
+        if not 0 < self.norm_eps < 1:
+            fail("norm_eps", f"is {self.norm_eps}", "use a small positive value such as 1e-5")
+        if self.dtype not in COMPUTE_DTYPES:
+            fail("dtype", f"is '{self.dtype}'", f"use one of {', '.join(COMPUTE_DTYPES)}")
+        if self.vocab_size < 4:
+            fail("vocab_size", f"is {self.vocab_size}", "the tokenizer needs at least unk, bos, eos and one piece")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def llama_hidden_dim(d_model: int, multiple_of: int) -> int:
+    """LLaMA's SwiGLU width: 2/3 of 4·d (so the MLP costs what a 4·d GELU MLP does), rounded up."""
+    hidden = int(2 * (4 * d_model) / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic loading: keys and types, for any settings dataclass.
+
+
+def _type_name(annotation: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if annotation in names:
+        return names[annotation]
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if args:
+        return " or ".join(_type_name(a) for a in args) + " (or null)"
+    return str(annotation)
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, annotation)
+
+
+def dataclass_from_dict(cls: type, data: Any, source: str, ignore: tuple[str, ...] = ()) -> Any:
+    """Build `cls` from a JSON object, refusing unknown keys, missing keys and wrong types."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a JSON object of settings; found {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields) - set(ignore))
+    if unknown:
+        raise UserError(
+            f"{source}: unknown field '{unknown[0]}'; remove it or use one of: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, field in fields.items():
+        if name not in data:
+            no_default = (field.default is dataclasses.MISSING
+                          and field.default_factory is dataclasses.MISSING)
+            if no_default:
+                raise UserError(f"{source}: missing required field '{name}'; add it ({_type_name(hints[name])})")
+            continue
+        value = data[name]
+        if not _matches(value, hints[name]):
+            raise UserError(
+                f"{source}: field '{name}' is {json.dumps(value)}; it must be {_type_name(hints[name])}"
+            )
+        if hints[name] is float and isinstance(value, int):
+            value = float(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file, turning a missing or malformed file into a clear UserError."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a JSON file; give the file's path")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: is not UTF-8 text; give a JSON config file") from None
+    except json.JSONDecodeError as error:
+        raise UserError(
+            f"{path}: invalid JSON at line {error.lineno} column {error.colno} ({error.msg}); fix the syntax"
+        ) from None
+
+
+def model_config_from_dict(data: Any, source: str) -> ModelConfig:
+    config = dataclass_from_dict(ModelConfig, data, source)
+    config.validate(source)
+    return config
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """`tiny` means config/architectures/tiny.json; anything else is a path."""
+    text = str(name_or_path)
+    candidate = ARCHITECTURES_DIR / f"{text}.json"
+    if "/" not in text and not text.endswith(".json") and candidate.exists():
+        return candidate
+    path = Path(text)
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in ARCHITECTURES_DIR.glob("*.json")))
+        raise UserError(f"{text}: no such model config; give a path or one of: {known}")
+    return path
+
+
+def load_model_config(name_or_path: str | Path) -> ModelConfig:
+    path = resolve_model_path(name_or_path)
+    return model_config_from_dict(read_json(path), str(path))
+
+
+def is_model_config(data: Any) -> bool:
+    """A JSON object that looks like a model config (used to skip recipes and other JSON)."""
+    return isinstance(data, dict) and {"d_model", "n_layers", "vocab_size"} <= set(data)
+
+
+def config_hash(data: Any) -> str:
+    """A short, stable hash of a JSON-able config, for records and mismatch checks."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

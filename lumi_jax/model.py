@@ -1,0 +1,235 @@
+"""The LLaMA model in Flax Linen, one short file.
+
+    tokens ─► embed ─► N × [ x + Attention(RMSNorm(x)) ; x + SwiGLU(RMSNorm(x)) ] ─► RMSNorm ─► head
+
+Shape suffixes name the axes: B batch, T query time, S key time (the KV cache's length),
+D model width, H query heads, N key/value heads, G query heads per key/value head (H = N·G),
+K head size, F SwiGLU width, V vocabulary.
+
+Parameters are float32 and form a plain nested dict (`model.init(...)["params"]`); the compute
+dtype (`config.dtype`, float32 or bfloat16) applies to activations and matmuls. RMSNorm,
+softmax and the logits are always computed in float32.
+
+RoPE layout. We rotate *adjacent pairs* (dimensions 2i and 2i+1 of each head form one complex
+number), as Meta's original LLaMA code and llama2.c do. Hugging Face's LLaMA rotates *halves*
+(dimension i pairs with i + K/2). To export wq/wk to the Hugging Face layout, permute the output
+rows of each head: new index j*2+p (p∈{0,1}) moves to p*(K/2)+j, i.e. for a kernel of shape
+(D, H·K): `w.reshape(D, H, K//2, 2).transpose(0, 1, 3, 2).reshape(D, H*K)`. Values (wv) and
+the other matrices need no permutation.
+
+The KV cache is an explicit pytree (`init_cache`), passed in and returned, so decoding stays a
+pure function that jit compiles once: each layer holds k and v of shape (B, S, N, K), the new
+tokens are written at `cache_index`, and queries attend to every slot up to their own.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lumi_jax.config import ModelConfig
+
+Cache = list[dict[str, jax.Array]]  # one {"k": k_BSNK, "v": v_BSNK} per layer
+
+
+def compute_dtype(config: ModelConfig) -> jnp.dtype:
+    return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+
+
+def _dense(features: int, name: str, config: ModelConfig, std: float) -> nn.Dense:
+    return nn.Dense(
+        features,
+        use_bias=False,  # LLaMA has no biases anywhere
+        dtype=compute_dtype(config),
+        param_dtype=jnp.float32,
+        kernel_init=nn.initializers.normal(stddev=std),
+        name=name,
+    )
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x²) + eps) · scale, in float32 whatever the compute dtype."""
+
+    eps: float
+
+    @nn.compact
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        scale_D = self.param("scale", nn.initializers.ones, (x_BTD.shape[-1],), jnp.float32)
+        x32_BTD = x_BTD.astype(jnp.float32)
+        inverse_rms_BT1 = jax.lax.rsqrt(jnp.mean(x32_BTD**2, axis=-1, keepdims=True) + self.eps)
+        return (x32_BTD * inverse_rms_BT1 * scale_D).astype(x_BTD.dtype)
+
+
+def rope_angles(positions_BT: jax.Array, head_dim: int, theta: float) -> jax.Array:
+    """Rotation angle of each adjacent pair at each position: positions · theta^(-2i/K)."""
+    inverse_frequency_P = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    return positions_BT.astype(jnp.float32)[..., None] * inverse_frequency_P  # (B, T, K/2)
+
+
+def apply_rope(x_BTHK: jax.Array, angles_BTP: jax.Array) -> jax.Array:
+    """Rotate adjacent pairs (x[2i], x[2i+1]) by their angle (see the module docstring)."""
+    B, T, H, K = x_BTHK.shape
+    pairs = x_BTHK.astype(jnp.float32).reshape(B, T, H, K // 2, 2)
+    even, odd = pairs[..., 0], pairs[..., 1]
+    cos = jnp.cos(angles_BTP)[:, :, None, :]
+    sin = jnp.sin(angles_BTP)[:, :, None, :]
+    rotated = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
+    return rotated.reshape(B, T, H, K).astype(x_BTHK.dtype)
+
+
+class Attention(nn.Module):
+    """Causal self-attention with RoPE and grouped-query heads (N key/value heads, H ≥ N)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTD, positions_BT, mask_BTS, layer_cache=None, cache_index=None):
+        c = self.config
+        H, N, K = c.n_heads, c.kv_heads, c.head_dim
+        B, T, _ = x_BTD.shape
+        std = 0.02
+        q_BTHK = _dense(H * K, "wq", c, std)(x_BTD).reshape(B, T, H, K)
+        k_BTNK = _dense(N * K, "wk", c, std)(x_BTD).reshape(B, T, N, K)
+        v_BTNK = _dense(N * K, "wv", c, std)(x_BTD).reshape(B, T, N, K)
+
+        angles_BTP = rope_angles(positions_BT, K, c.rope_theta)
+        q_BTHK = apply_rope(q_BTHK, angles_BTP)
+        k_BTNK = apply_rope(k_BTNK, angles_BTP)
+
+        new_cache = None
+        if layer_cache is not None:
+            # Write this call's keys and values into the fixed-size cache, then attend to it all;
+            # the mask hides the slots that are not yet written.
+            start = (0, cache_index, 0, 0)
+            k_BSNK = jax.lax.dynamic_update_slice(layer_cache["k"], k_BTNK.astype(layer_cache["k"].dtype), start)
+            v_BSNK = jax.lax.dynamic_update_slice(layer_cache["v"], v_BTNK.astype(layer_cache["v"].dtype), start)
+            new_cache = {"k": k_BSNK, "v": v_BSNK}
+        else:
+            k_BSNK, v_BSNK = k_BTNK, v_BTNK
+
+        G = H // N
+        q_BTNGK = q_BTHK.reshape(B, T, N, G, K)
+        scores_BNGTS = jnp.einsum("btngk,bsnk->bngts", q_BTNGK, k_BSNK.astype(q_BTNGK.dtype))
+        scores_BNGTS = scores_BNGTS.astype(jnp.float32) / math.sqrt(K)
+        scores_BNGTS = jnp.where(mask_BTS[:, None, None, :, :], scores_BNGTS, jnp.finfo(jnp.float32).min)
+        weights_BNGTS = jax.nn.softmax(scores_BNGTS, axis=-1).astype(v_BSNK.dtype)
+        out_BTNGK = jnp.einsum("bngts,bsnk->btngk", weights_BNGTS, v_BSNK)
+        out_BTD = out_BTNGK.reshape(B, T, H * K).astype(compute_dtype(c))
+        # Residual projections start smaller so the residual stream's variance stays ~1 in depth.
+        out_std = 0.02 / math.sqrt(2 * c.n_layers)
+        return _dense(c.d_model, "wo", c, out_std)(out_BTD), new_cache
+
+
+class SwiGLU(nn.Module):
+    """w2( silu(w1 x) ⊙ w3 x ): the gated MLP of LLaMA."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTD):
+        c = self.config
+        gate_BTF = _dense(c.ffn_dim, "w1", c, 0.02)(x_BTD)
+        up_BTF = _dense(c.ffn_dim, "w3", c, 0.02)(x_BTD)
+        return _dense(c.d_model, "w2", c, 0.02 / math.sqrt(2 * c.n_layers))(nn.silu(gate_BTF) * up_BTF)
+
+
+class Block(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTD, positions_BT, mask_BTS, layer_cache=None, cache_index=None):
+        c = self.config
+        attention_out, new_cache = Attention(c, name="attention")(
+            RMSNorm(c.norm_eps, name="attention_norm")(x_BTD), positions_BT, mask_BTS, layer_cache, cache_index
+        )
+        x_BTD = x_BTD + attention_out
+        x_BTD = x_BTD + SwiGLU(c, name="mlp")(RMSNorm(c.norm_eps, name="mlp_norm")(x_BTD))
+        return x_BTD, new_cache
+
+
+class Transformer(nn.Module):
+    """The whole model. `remat=True` recomputes each block's activations in the backward pass."""
+
+    config: ModelConfig
+    remat: bool = False
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens_BT: jax.Array,
+        cache: Cache | None = None,
+        cache_index: jax.Array | int | None = None,
+        key_mask_BS: jax.Array | None = None,
+    ) -> tuple[jax.Array, Cache | None]:
+        """Return float32 logits (B, T, V) and the updated cache (None when no cache is given).
+
+        Without a cache: a causal pass over the T tokens at positions 0..T-1 (training, scoring).
+        With a cache of S slots: the T tokens sit at slots cache_index..cache_index+T-1 and
+        attend to every written slot up to their own; `key_mask_BS` can hide slots (the left
+        padding of a batch of prompts). RoPE depends only on relative position, so a row's
+        left padding shifts its positions without changing what it computes.
+        """
+        c = self.config
+        B, T = tokens_BT.shape
+        embed = nn.Embed(
+            c.vocab_size, c.d_model, embedding_init=nn.initializers.normal(stddev=0.02),
+            dtype=compute_dtype(c), param_dtype=jnp.float32, name="embed",
+        )
+        x_BTD = embed(tokens_BT)
+
+        if cache is None:
+            positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
+            causal_TT = jnp.tril(jnp.ones((T, T), dtype=bool))
+            mask_BTS = jnp.broadcast_to(causal_TT, (B, T, T))
+            cache_index = None
+        else:
+            S = cache[0]["k"].shape[1]
+            positions_BT = jnp.broadcast_to(cache_index + jnp.arange(T), (B, T))
+            mask_BTS = jnp.arange(S)[None, None, :] <= positions_BT[:, :, None]
+            if key_mask_BS is not None:
+                mask_BTS = mask_BTS & key_mask_BS[:, None, :]
+
+        block_class = nn.remat(Block) if self.remat else Block
+        new_cache: Cache = []
+        for i in range(c.n_layers):
+            layer_cache = None if cache is None else cache[i]
+            x_BTD, layer_new_cache = block_class(c, name=f"layers_{i}")(
+                x_BTD, positions_BT, mask_BTS, layer_cache, cache_index
+            )
+            new_cache.append(layer_new_cache)
+
+        x_BTD = RMSNorm(c.norm_eps, name="final_norm")(x_BTD)
+        if c.tie_embeddings:
+            logits_BTV = embed.attend(x_BTD)
+        else:
+            logits_BTV = _dense(c.vocab_size, "output", c, 0.02)(x_BTD)
+        return logits_BTV.astype(jnp.float32), (None if cache is None else new_cache)
+
+
+def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype: Any = None) -> Cache:
+    """An empty KV cache: per layer, k and v of shape (B, S, N, K)."""
+    dtype = dtype or compute_dtype(config)
+    shape = (batch_size, max_len, config.kv_heads, config.head_dim)
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.n_layers)]
+
+
+def init_params(config: ModelConfig, rng: jax.Array) -> dict:
+    """Float32 parameters as a plain nested dict."""
+    model = Transformer(config)
+    dummy_BT = jnp.zeros((1, min(8, config.max_seq_len)), dtype=jnp.int32)
+    return model.init(rng, dummy_BT)["params"]
+
+
+def param_shapes(config: ModelConfig) -> dict:
+    """The parameter pytree as ShapeDtypeStructs, without allocating anything."""
+    return jax.eval_shape(lambda rng: init_params(config, rng), jax.random.key(0))
+
+
+def forward(config: ModelConfig, params: dict, tokens_BT: jax.Array, remat: bool = False) -> jax.Array:
+    """Logits (B, T, V) for a causal pass: the function training and scoring use."""
+    logits_BTV, _ = Transformer(config, remat=remat).apply({"params": params}, tokens_BT)
+    return logits_BTV
