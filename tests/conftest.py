@@ -1,0 +1,28 @@
+"""Shared fixtures. Tests use the micro config (~0.13M parameters) so each runs in seconds."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from lumi_jax.config import load_model_config
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def micro_config():
+    return load_model_config("micro")
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent (only the development checkout has ../shared/data)")
+    return SHARED_DATA
+
+
+def replace_config(config, **changes):
+    return dataclasses.replace(config, **changes)

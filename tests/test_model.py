@@ -1,0 +1,124 @@
+"""The Flax LLaMA: causality, RoPE, grouped-query attention, the KV cache, dtypes, learning."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lumi_jax.model import Transformer, apply_rope, forward, init_cache, init_params, rope_angles
+
+
+@pytest.fixture(scope="module")
+def micro_params(micro_config):
+    return init_params(micro_config, jax.random.key(0))
+
+
+def random_tokens(config, batch, length, seed=1):
+    return jax.random.randint(jax.random.key(seed), (batch, length), 0, config.vocab_size)
+
+
+def test_changing_later_tokens_leaves_earlier_logits_unchanged(micro_config, micro_params):
+    tokens = random_tokens(micro_config, 2, 24)
+    t = 11
+    changed = tokens.at[:, t + 1:].set((tokens[:, t + 1:] + 7) % micro_config.vocab_size)
+    before = forward(micro_config, micro_params, tokens)
+    after = forward(micro_config, micro_params, changed)
+    np.testing.assert_array_equal(np.asarray(before[:, : t + 1]), np.asarray(after[:, : t + 1]))
+    assert not np.allclose(before[:, t + 1:], after[:, t + 1:]), "later logits should see the change"
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    head_dim = 16
+    q = jax.random.normal(jax.random.key(0), (1, 1, 1, head_dim))
+    k = jax.random.normal(jax.random.key(1), (1, 1, 1, head_dim))
+
+    def score(query_position, key_position):
+        q_rot = apply_rope(q, rope_angles(jnp.array([[query_position]]), head_dim, 10000.0))
+        k_rot = apply_rope(k, rope_angles(jnp.array([[key_position]]), head_dim, 10000.0))
+        return float(jnp.sum(q_rot * k_rot))
+
+    assert score(7, 3) == pytest.approx(score(107, 103), rel=1e-4, abs=1e-5)
+    assert score(7, 3) != pytest.approx(score(7, 5), rel=1e-3)
+    # A rotation keeps the vector's length.
+    rotated = apply_rope(q, rope_angles(jnp.array([[42]]), head_dim, 10000.0))
+    assert float(jnp.linalg.norm(rotated)) == pytest.approx(float(jnp.linalg.norm(q)), rel=1e-5)
+
+
+def test_grouped_query_attention_equals_multi_head_with_repeated_kv_heads(micro_config, micro_params):
+    assert micro_config.kv_heads < micro_config.n_heads, "micro should exercise grouped-query attention"
+    group = micro_config.n_heads // micro_config.kv_heads
+    K = micro_config.head_dim
+    mha_config = dataclasses.replace(micro_config, n_kv_heads=micro_config.n_heads)
+
+    def repeat_heads(kernel):  # (D, N·K) -> (D, H·K): query head h reads kv head h // group
+        D = kernel.shape[0]
+        return jnp.repeat(kernel.reshape(D, -1, K), group, axis=1).reshape(D, -1)
+
+    mha_params = jax.tree_util.tree_map(lambda x: x, micro_params)
+    for i in range(micro_config.n_layers):
+        attention = mha_params[f"layers_{i}"]["attention"]
+        for name in ("wk", "wv"):
+            attention[name] = {"kernel": repeat_heads(micro_params[f"layers_{i}"]["attention"][name]["kernel"])}
+    tokens = random_tokens(micro_config, 2, 20)
+    np.testing.assert_allclose(forward(micro_config, micro_params, tokens),
+                               forward(mha_config, mha_params, tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_kv_cache_decoding_equals_the_full_forward_pass(micro_config, micro_params):
+    tokens = random_tokens(micro_config, 2, 16)
+    full = forward(micro_config, micro_params, tokens)
+    model = Transformer(micro_config)
+    cache = init_cache(micro_config, batch_size=2, max_len=32)
+    prefill, cache = model.apply({"params": micro_params}, tokens[:, :10], cache, 0)
+    pieces = [prefill]
+    for t in range(10, 16):
+        logits, cache = model.apply({"params": micro_params}, tokens[:, t:t + 1], cache, t)
+        pieces.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_forward_is_close_to_float32(micro_config, micro_params):
+    tokens = random_tokens(micro_config, 2, 32)
+    fp32 = forward(micro_config, micro_params, tokens)
+    bf16 = forward(dataclasses.replace(micro_config, dtype="bfloat16"), micro_params, tokens)
+    assert bf16.dtype == jnp.float32, "logits are float32 whatever the compute dtype"
+    assert float(jnp.max(jnp.abs(fp32 - bf16))) < 0.05
+    assert float(jnp.mean(jnp.argmax(fp32, -1) == jnp.argmax(bf16, -1))) > 0.9
+
+
+def test_parameters_are_float32_and_untied_head_exists(micro_config):
+    untied = dataclasses.replace(micro_config, tie_embeddings=False, dtype="bfloat16")
+    params = init_params(untied, jax.random.key(0))
+    assert "output" in params
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(params))
+
+
+def test_micro_model_overfits_one_batch(micro_config, micro_params):
+    tokens = random_tokens(micro_config, 4, 33, seed=3)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    optimizer = optax.adam(1e-2)
+
+    @jax.jit
+    def step(params, state):
+        def loss_fn(p):
+            logits = forward(micro_config, p, inputs)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, state = optimizer.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    params, state = micro_params, optimizer.init(micro_params)
+    losses = []
+    for _ in range(300):
+        params, state, loss = step(params, state)
+        losses.append(float(loss))
+        if loss < 0.05:
+            break
+    assert losses[0] > 5.0, "an untrained model should be near log(vocab) = 6.2"
+    assert losses[-1] < 0.05, f"loss after {len(losses)} steps: {losses[-1]:.3f}"
