@@ -17,6 +17,8 @@ from lumi_jax.errors import exit_on_user_error
 # name -> (module, one-line help). Order is the order of the pipeline.
 COMMANDS: dict[str, tuple[str, str]] = {
     "architecture": ("lumi_jax.architecture", "parameter counts, memory estimates and LLaMA checks for model configs"),
+    "prepare": ("lumi_jax.data.prepare", "read a text source, train a tokenizer, write data/NAME token files"),
+    "data-info": ("lumi_jax.data.info", "sizes, token counts and decoded samples of a prepared dataset"),
 }
 
 

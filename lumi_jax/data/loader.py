@@ -1,0 +1,187 @@
+"""Reading a prepared dataset: memmapped token files and batches as pure functions.
+
+`train_batch(split, seed=, step=, ...)` draws the window starts of a GLOBAL batch from
+(seed, step) alone, so resuming at step N sees exactly the batches an uninterrupted run would
+have seen, and every process of a multi-host run computes the same global batch and slices its
+own rows from it (it reads only those rows' tokens). `validation_batches` walks the validation
+split in order, non-overlapping, so every token after the first is scored exactly once; the
+last batch is padded to full shape with weight 0 so a jitted evaluation compiles once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from lumi_jax.errors import UserError
+
+SUPPORTED_FORMAT_VERSIONS = (1,)
+SPLITS = ("train", "val")
+REQUIRED_META = ("format_version", "kind", "source", "vocab_size", "tokenizer_sha256", "token_dtype",
+                 "seed", "train_tokens", "val_tokens", "train_documents", "val_documents",
+                 "train_bytes", "val_bytes", "bytes_per_token", "created")
+
+
+class Batch(NamedTuple):
+    """One batch; a NamedTuple, so it is also a JAX pytree."""
+
+    inputs: np.ndarray  # int32 (B, T): the tokens the model reads
+    targets: np.ndarray  # int32 (B, T): the next token at each position
+    weights: np.ndarray  # float32 (B, T): 1 where the target counts in the loss, 0 for padding/masked
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenSplit:
+    name: str
+    tokens: np.ndarray  # memmap, uint16 or uint32
+    mask: np.ndarray | None  # memmap uint8, 1 = target counts; None means every target counts
+    dataset_path: Path
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+class TokenDataset:
+    """A prepared data/NAME directory (see lumi_jax/data/prepare.py for the layout)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise UserError(f"{self.path}: no such dataset directory; create it with "
+                            f"`lumi prepare --source sample --out {self.path}`")
+        self.meta: dict[str, Any] = self._read_meta()
+        self.vocab_size: int = int(self.meta["vocab_size"])
+        self.tokenizer_sha256: str = self.meta["tokenizer_sha256"]
+        self.tokenizer_path = self.path / "tokenizer.model"
+        if not self.tokenizer_path.is_file():
+            self._malformed("has no tokenizer.model")
+        self._splits: dict[str, TokenSplit] = {}
+
+    def _malformed(self, problem: str) -> None:
+        raise UserError(f"{self.path}: {problem}; it is not a complete dataset, prepare it again with "
+                        f"`lumi prepare --source ... --out {self.path} --force`")
+
+    def _read_meta(self) -> dict[str, Any]:
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            self._malformed("has no meta.json")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            self._malformed("meta.json is not valid JSON")
+        if not isinstance(meta, dict):
+            self._malformed("meta.json is not a JSON object")
+        missing = [key for key in REQUIRED_META if key not in meta]
+        if missing:
+            self._malformed(f"meta.json lacks {', '.join(missing)}")
+        if meta["format_version"] not in SUPPORTED_FORMAT_VERSIONS:
+            raise UserError(f"{self.path}: dataset format version {meta['format_version']} is not supported by "
+                            f"this lumi_jax (it reads {SUPPORTED_FORMAT_VERSIONS}); prepare it again with this version")
+        if meta["token_dtype"] not in ("uint16", "uint32"):
+            self._malformed(f"meta.json token_dtype is {meta['token_dtype']!r}")
+        return meta
+
+    def split(self, name: str) -> TokenSplit:
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, not {name!r}")
+        if name not in self._splits:
+            self._splits[name] = self._open_split(name)
+        return self._splits[name]
+
+    def _open_split(self, name: str) -> TokenSplit:
+        dtype = np.dtype(self.meta["token_dtype"])
+        expected = int(self.meta[f"{name}_tokens"])
+        tokens_path = self.path / f"{name}.bin"
+        if not tokens_path.is_file():
+            self._malformed(f"has no {name}.bin")
+        size = tokens_path.stat().st_size
+        if size != expected * dtype.itemsize:
+            self._malformed(f"{name}.bin has {size} bytes, meta.json says {expected} {dtype.name} tokens")
+        tokens = np.memmap(tokens_path, dtype=dtype, mode="r") if expected else np.zeros(0, dtype)
+        mask = None
+        mask_path = self.path / f"{name}_mask.bin"
+        if mask_path.is_file():
+            if mask_path.stat().st_size != expected:
+                self._malformed(f"{name}_mask.bin has {mask_path.stat().st_size} bytes for {expected} tokens")
+            mask = np.memmap(mask_path, dtype=np.uint8, mode="r") if expected else np.zeros(0, np.uint8)
+        return TokenSplit(name, tokens, mask, self.path)
+
+    def __repr__(self) -> str:
+        return f"TokenDataset({str(self.path)!r}, vocab_size={self.vocab_size})"
+
+
+def _check_window(split: TokenSplit, context: int) -> None:
+    if context < 1:
+        raise UserError(f"context is {context}; use a positive context length")
+    if len(split) < context + 1:
+        raise UserError(f"{split.dataset_path}: the {split.name} split has {len(split)} tokens, fewer than one "
+                        f"window of {context + 1} (context {context} + 1); prepare more text, "
+                        "raise --val-fraction, or use a model with a shorter context")
+
+
+def _windows(split: TokenSplit, starts: np.ndarray, context: int) -> Batch:
+    index_BW = starts[:, None] + np.arange(context + 1)[None, :]
+    window_BW = np.asarray(split.tokens[index_BW], dtype=np.int32)
+    if split.mask is None:
+        weights_BT = np.ones((len(starts), context), np.float32)
+    else:
+        weights_BT = np.asarray(split.mask[index_BW[:, 1:]], dtype=np.float32)
+    return Batch(window_BW[:, :-1], window_BW[:, 1:], weights_BT)
+
+
+def train_window_starts(split_length: int, *, seed: int, step: int, batch_size: int, context: int) -> np.ndarray:
+    """Start offsets of the global batch at `step`: uniform over all full windows, from (seed, step) only."""
+    rng = np.random.default_rng([seed, step])
+    return rng.integers(0, split_length - context, size=batch_size, dtype=np.int64)
+
+
+def train_batch(split: TokenSplit, *, seed: int, step: int, batch_size: int, context: int,
+                process_index: int = 0, process_count: int = 1) -> Batch:
+    """This process's rows of the global training batch at `step`: a pure function of the arguments."""
+    if batch_size < 1 or seed < 0 or step < 0:
+        raise UserError(f"batch_size {batch_size}, seed {seed}, step {step}: batch size must be positive "
+                        "and seed and step non-negative")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is outside 0..{process_count - 1}")
+    if batch_size % process_count:
+        raise UserError(f"the global batch size {batch_size} does not divide among {process_count} processes; "
+                        f"use a multiple of {process_count}")
+    _check_window(split, context)
+    starts = train_window_starts(len(split), seed=seed, step=step, batch_size=batch_size, context=context)
+    rows = batch_size // process_count
+    return _windows(split, starts[process_index * rows:(process_index + 1) * rows], context)
+
+
+def validation_batch_count(split: TokenSplit, *, batch_size: int, context: int) -> int:
+    windows = -(-(len(split) - 1) // context)
+    return -(-windows // batch_size)
+
+
+def validation_batches(split: TokenSplit, *, batch_size: int, context: int,
+                       max_batches: int | None = None) -> Iterator[Batch]:
+    """Sequential windows starting at 0, context, 2*context, ...: each token after the first is a
+    target exactly once. Short last window and missing last rows are padded with weight 0."""
+    _check_window(split, context)
+    length = len(split)
+    starts = np.arange(0, length - 1, context, dtype=np.int64)
+    batches = -(-len(starts) // batch_size)
+    if max_batches is not None:
+        batches = min(batches, max_batches)
+    for batch_index in range(batches):
+        batch_starts = starts[batch_index * batch_size:(batch_index + 1) * batch_size]
+        inputs = np.zeros((batch_size, context), np.int32)
+        targets = np.zeros((batch_size, context), np.int32)
+        weights = np.zeros((batch_size, context), np.float32)
+        for row, start in enumerate(batch_starts):
+            end = min(start + context + 1, length)
+            window = np.asarray(split.tokens[start:end], dtype=np.int32)
+            n = len(window) - 1
+            inputs[row, :n] = window[:-1]
+            targets[row, :n] = window[1:]
+            weights[row, :n] = 1.0 if split.mask is None else split.mask[start + 1:end]
+        yield Batch(inputs, targets, weights)
