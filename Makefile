@@ -33,6 +33,45 @@ lint: $(STAMP) ## ruff over the package, tests and benchmarks
 validate-architecture: $(STAMP) ## counts, memory and LLaMA checks for CONFIG (default tiny)
 	$(PY) -m lumi_jax.cli architecture $(CONFIG)
 
+# Data: `make prepare SOURCE=sample OUT=data/sample`. SOURCE is sample, a .txt/.md file, a
+# directory, a glob, a .jsonl file or tfds:NAME[:SPLIT]; VOCAB, SIZE_MB, SEED and FORCE=1 are optional.
+SOURCE ?= sample
+OUT ?= data/sample
+
+.PHONY: prepare
+prepare: $(STAMP) ## tokenise SOURCE (default sample) into OUT (default data/sample); VOCAB, SIZE_MB, SEED, FORCE=1
+	$(PY) -m lumi_jax.cli prepare --source '$(SOURCE)' --out '$(OUT)' $(if $(VOCAB),--vocab-size '$(VOCAB)') $(if $(SIZE_MB),--size-mb '$(SIZE_MB)') $(if $(SEED),--seed '$(SEED)') $(if $(FORCE),--force)
+
 clean: ## remove caches and temporary files (never data, runs, checkpoints or session logs)
 	find . -path ./$(VENV) -prune -o -type d \( -name __pycache__ -o -name .pytest_cache -o -name .ruff_cache \) -print | xargs rm -rf
 	rm -rf build dist *.egg-info .tmp
+
+# ---------------------------------------------------------------------------------------------
+# Sessions (python -m lumi_jax.session NAME). SESSION_TIME (minutes), CONFIG, MODEL_PATH and DATA
+# become flags; CONFIG reaches a session only when you set it (its default above is for
+# validate-architecture). Each session takes only the settings that apply to it.
+SESSION := $(PY) -m lumi_jax.session
+SESSION_TIME_ARG = $(if $(SESSION_TIME),--time '$(SESSION_TIME)')
+SESSION_CONFIG_ARG = $(if $(filter-out file default,$(origin CONFIG)),--config '$(CONFIG)')
+SESSION_DATA_ARG = $(if $(DATA),--data '$(DATA)')
+SESSION_MODEL_ARG = $(if $(MODEL_PATH),--model '$(MODEL_PATH)')
+
+.PHONY: session-architecture session-status monitor check-env session-cleanup backup
+
+session-architecture: $(STAMP) ## validate every config, memory vs this device, references (30 min budget)
+	$(SESSION) architecture $(SESSION_TIME_ARG) $(SESSION_CONFIG_ARG)
+
+session-status: $(STAMP) ## datasets, runs, the latest session, disk, device, and what to run next
+	$(SESSION) status
+
+monitor: $(STAMP) ## live CPU, memory, disk, accelerator and lumi processes (Ctrl-C to stop)
+	$(SESSION) monitor
+
+check-env: $(STAMP) ## Python, packages, devices, memory, disk, permissions (exit 1 if something is missing)
+	$(SESSION) check-env
+
+session-cleanup: $(STAMP) ## remove temporary files and session logs older than DAYS (7); DRY_RUN=1 lists only
+	$(SESSION) cleanup $(if $(DAYS),--days '$(DAYS)') $(if $(DRY_RUN),--dry-run)
+
+backup: $(STAMP) ## verified tar.gz of configs, tokenizers, latest checkpoints, reports (RUNS="a b" to choose)
+	$(SESSION) backup $(if $(RUNS),--runs $(RUNS))

@@ -1,0 +1,204 @@
+"""Sessions: `python -m lumi_jax.session NAME [options]` (and `make session-NAME`).
+
+A session runs one focused, time-boxed piece of work end to end: quick, prototype, experiment,
+evaluation and architecture run their steps under a budget and leave a log and a record in
+sessions/ (see sessions/runner.py). debug, status, monitor, check-env, cleanup and backup are
+tools: they do their job and leave nothing behind but what they are asked to make.
+
+    python -m lumi_jax.session quick                       # the 5-minute end-to-end check
+    python -m lumi_jax.session prototype --time 60         # SESSION_TIME=60 make session-prototype
+    python -m lumi_jax.session evaluation --model runs/x   # MODEL_PATH=runs/x make session-evaluation
+
+Every mistake in the arguments (a budget that is not a number, an unknown session, a MODEL_PATH
+that does not exist) is refused before anything starts, in one line, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lumi_jax.errors import UserError, exit_on_user_error
+
+
+@dataclass(frozen=True)
+class TimedSession:
+    minutes: float  # the default budget; SESSION_TIME / --time overrides it
+    summary: str
+    leaves: str  # what it leaves behind, for --help and the README
+
+
+TIMED_SESSIONS: dict[str, TimedSession] = {
+    "architecture": TimedSession(
+        30, "validate every model config, estimate memory against this device, compare with reference "
+        "models, suggest changes", "a session log and record"),
+}
+
+# name -> (module, one-line help). Each module has add_arguments(parser) and run(args) -> int.
+TOOLS: dict[str, tuple[str, str]] = {
+    "status": ("lumi_jax.sessions.status", "datasets, runs, the latest session, disk, device, and what to run next"),
+    "monitor": ("lumi_jax.sessions.monitor", "a live table of CPU, memory, disk, accelerator and lumi processes"),
+    "check-env": ("lumi_jax.sessions.env_check", "Python, packages, devices, memory, disk and permissions"),
+    "cleanup": ("lumi_jax.sessions.cleanup", "remove temporary files and old session logs (--dry-run to list)"),
+    "backup": ("lumi_jax.sessions.backup", "a verified tar.gz of configs, tokenizers, latest checkpoints, reports"),
+}
+
+MAX_MINUTES = 7 * 24 * 60
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is a UserError: one line, exit status 2, no usage dump."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}; see --help")
+
+
+def parse_minutes(text: str) -> float:
+    """SESSION_TIME / --time: a positive number of minutes."""
+    try:
+        minutes = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a number of minutes (SESSION_TIME / --time); use e.g. SESSION_TIME=60") from None
+    if not 0 < minutes <= MAX_MINUTES:
+        raise argparse.ArgumentTypeError(
+            f"{text} minutes is not a usable budget (SESSION_TIME / --time); use a number between 0 and {MAX_MINUTES}")
+    return minutes
+
+
+def parse_seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number; use e.g. --seed 0") from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"{seed} is negative; use zero or a positive seed")
+    return seed
+
+
+def parse_positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def parse_positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def add_timed_arguments(parser: argparse.ArgumentParser, session: TimedSession) -> None:
+    parser.add_argument("--time", type=parse_minutes, default=session.minutes, metavar="MINUTES",
+                        help=f"the session budget in minutes (default {session.minutes:g}; Make: SESSION_TIME)")
+    parser.add_argument("--config", metavar="PATH",
+                        help="the model config to train (a name such as tiny, or a JSON path), or for the "
+                        "architecture session the configs to validate (Make: CONFIG)")
+    parser.add_argument("--model", metavar="PATH", type=Path,
+                        help="a run directory to evaluate (default: the latest run; Make: MODEL_PATH)")
+    parser.add_argument("--data", metavar="SOURCE",
+                        help="the text to train on: sample, a file, a directory, a .jsonl or tfds:NAME "
+                        "(default: the sample corpus; Make: DATA)")
+    parser.add_argument("--seed", type=parse_seed, default=0, help="seed for data, initialisation and order")
+    parser.add_argument("--steps", type=parse_positive_int,
+                        help="training steps (default: the session's recipe); lower it to scale a session down")
+    parser.add_argument("--data-mb", type=parse_positive_float, metavar="MB",
+                        help="size of the generated sample corpus in MB (default: the session's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    lines = ["sessions (time-boxed; each leaves sessions/STAMP.log and .json):"]
+    for name, session in TIMED_SESSIONS.items():
+        lines.append(f"  {name:<13} {session.minutes:>4g} min  {session.summary}")
+    lines.append("tools:")
+    for name, (_module, help_text) in TOOLS.items():
+        lines.append(f"  {name:<13} {help_text}")
+    lines.append("Run `python -m lumi_jax.session NAME --help` for a session's options.")
+    parser = _Parser(prog="python -m lumi_jax.session", description="lumi_jax sessions.",
+                     epilog="\n".join(lines), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", metavar="NAME", help="the session or tool to run")
+    return parser
+
+
+def check_timed_options(name: str, args: argparse.Namespace) -> None:
+    """Refuse bad values before the session starts, so nothing is created for a typo."""
+    if args.model is not None:
+        if not args.model.exists():
+            raise UserError(f"MODEL_PATH / --model {args.model}: no such run directory; "
+                            "give a directory under runs/ (see `make session-status`), or leave it unset for the latest run")
+        if not args.model.is_dir():
+            raise UserError(f"MODEL_PATH / --model {args.model}: is a file, not a run directory; give the run's directory")
+        if name not in ("evaluation",):
+            raise UserError(f"MODEL_PATH / --model applies to the evaluation session, not '{name}'; leave it unset")
+    if args.data is not None:
+        from lumi_jax.data.sources import named_sources
+
+        if args.data not in named_sources() and not args.data.startswith("tfds:"):
+            if not glob.glob(str(Path(args.data).expanduser())):
+                raise UserError(f"DATA / --data {args.data}: no such file, directory or source; give a path, "
+                                f"tfds:NAME, or one of: {', '.join(named_sources())}")
+        if name in ("evaluation", "architecture"):
+            raise UserError(f"DATA / --data applies to training sessions, not '{name}'; leave it unset")
+    if args.config is not None:
+        if name == "architecture":
+            from lumi_jax.sessions.plans import config_files
+
+            config_files(args.config)  # exists; each file is validated, and reported, by the session
+        else:
+            from lumi_jax.config import load_model_config
+
+            load_model_config(args.config)  # a bad config is refused here, with its field and fix
+
+
+def run_timed(name: str, argv: list[str]) -> int:
+    session = TIMED_SESSIONS[name]
+    parser = _Parser(prog=f"python -m lumi_jax.session {name}", description=session.summary)
+    add_timed_arguments(parser, session)
+    args = parser.parse_args(argv)
+    check_timed_options(name, args)
+    from lumi_jax.sessions import plans
+    from lumi_jax.sessions.runner import SessionRunner
+
+    arguments = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    steps = plans.build(name, args)
+    command = ["python", "-m", "lumi_jax.session", name, *argv]
+    runner = SessionRunner(name, args.time * 60, arguments, seed=args.seed, command=command)
+    return runner.run(steps)
+
+
+def run_tool(name: str, argv: list[str]) -> int:
+    module_name, help_text = TOOLS[name]
+    module = importlib.import_module(module_name)
+    parser = _Parser(prog=f"python -m lumi_jax.session {name}", description=help_text)
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(argv)) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with exit_on_user_error():
+        if not argv or argv[0] in ("-h", "--help"):
+            build_parser().print_help()
+            return 0
+        name, rest = argv[0], argv[1:]
+        if name in TIMED_SESSIONS:
+            return run_timed(name, rest)
+        if name in TOOLS:
+            return run_tool(name, rest)
+        raise UserError(f"unknown session '{name}'; choose one of: {', '.join([*TIMED_SESSIONS, *TOOLS])}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
