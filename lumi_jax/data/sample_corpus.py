@@ -40,26 +40,49 @@ class Character:
 
 GIRL_NAMES = ["Lily", "Mia", "Sara", "Anna", "Ella", "Zoe", "Lucy", "Nora", "Ruby", "Emma", "Maya",
               "Chloe", "Ivy", "Rosa", "Hana", "Amara", "Grace", "Molly", "Daisy", "Tess", "Kira", "Lena",
-              "Pia", "Sofia", "Jade"]
+              "Pia", "Sofia", "Jade", "Alice", "Bella", "Clara", "Dora", "Eva", "Fatima", "Greta", "Hazel",
+              "Iris", "Julia", "Kate", "Laila", "Mila", "Nina", "Olivia", "Penny", "Quinn", "Rita", "Stella",
+              "Tara", "Uma", "Vera", "Wendy", "Yara", "Zara", "Ada", "Bea", "Cora", "Elsa", "Flora", "Gina",
+              "Heidi", "Ines", "Juno", "Luna", "Maria", "Noor", "Opal", "Poppy", "Sadie", "Tilly", "Violet"]
 BOY_NAMES = ["Tom", "Ben", "Sam", "Max", "Leo", "Jack", "Finn", "Omar", "Noah", "Eli", "Theo",
              "Hugo", "Ravi", "Jonas", "Kai", "Milo", "Oscar", "Pablo", "Dan", "Tim", "Luca", "Ezra",
-             "Felix", "Arlo", "Yusuf"]
-GIRL_KINDS = ["a little girl", "a curious girl", "a happy girl", "a small girl", "a kind girl", "a brave girl"]
-BOY_KINDS = ["a little boy", "a curious boy", "a happy boy", "a small boy", "a kind boy", "a brave boy"]
+             "Felix", "Arlo", "Yusuf", "Adam", "Bruno", "Carlos", "David", "Emil", "Frank", "George",
+             "Henry", "Ian", "Jasper", "Kofi", "Liam", "Marco", "Nico", "Otto", "Peter", "Rafael", "Simon",
+             "Toby", "Victor", "Walter", "Xavier", "Yuki", "Zack", "Abel", "Basil", "Caleb", "Dylan",
+             "Ethan", "Gabe", "Harry", "Isaac", "Jamal", "Kevin", "Lucas", "Mateo", "Nathan", "Ollie", "Rory"]
+GIRL_KINDS = ["a little girl", "a curious girl", "a happy girl", "a small girl", "a kind girl", "a brave girl",
+              "a clever girl", "a quiet girl", "a cheerful girl", "a busy girl"]
+BOY_KINDS = ["a little boy", "a curious boy", "a happy boy", "a small boy", "a kind boy", "a brave boy",
+             "a clever boy", "a quiet boy", "a cheerful boy", "a busy boy"]
 ANIMALS = ["rabbit", "dog", "cat", "bird", "fox", "bear", "duck", "mouse", "frog", "turtle", "owl",
-           "squirrel", "puppy", "kitten", "pig", "goat", "lamb", "hedgehog", "deer", "otter"]
+           "squirrel", "puppy", "kitten", "pig", "goat", "lamb", "hedgehog", "deer", "otter", "beaver",
+           "badger", "raccoon", "penguin", "seal", "whale", "dolphin", "lion", "tiger", "zebra", "giraffe",
+           "elephant", "monkey", "panda", "koala", "kangaroo", "camel", "horse", "pony", "donkey", "cow",
+           "chicken", "goose", "swan", "parrot", "robin", "sparrow", "crow", "snail", "ladybug", "butterfly",
+           "bee", "ant", "spider", "crab", "octopus", "lizard", "dragon", "unicorn", "dinosaur"]
 ANIMAL_ADJECTIVES = ["little", "small", "fluffy", "friendly", "shy", "clever", "sleepy", "fast", "brown",
-                     "white", "spotted", "young"]
+                     "white", "spotted", "young", "grumpy", "silly", "gentle", "tiny", "striped", "hungry",
+                     "playful", "wise", "noisy", "lazy", "proud", "clumsy"]
 ANIMAL_NAMES = ["Pip", "Bo", "Coco", "Sunny", "Button", "Biscuit", "Pepper", "Bubbles", "Rusty", "Momo",
-                "Nibbles", "Whiskers", "Patch", "Fluff", "Ziggy", "Honey", "Dot", "Tiko", "Puddle", "Mops"]
-GROWN_UPS = ["Mom", "Dad", "Grandma", "Grandpa", "the teacher", "Aunt Rose", "Uncle Joe"]
+                "Nibbles", "Whiskers", "Patch", "Fluff", "Ziggy", "Honey", "Dot", "Tiko", "Puddle", "Mops",
+                "Acorn", "Bramble", "Cookie", "Dusty", "Fudge", "Ginger", "Hopper", "Jelly", "Noodle",
+                "Peanut", "Pickle", "Shadow", "Socks", "Sprout", "Thistle", "Toffee", "Waffle", "Zippy"]
+GROWN_UPS = ["Mom", "Dad", "Grandma", "Grandpa", "the teacher", "Aunt Rose", "Uncle Joe", "the baker",
+             "the farmer", "Nana", "Papa", "the old neighbor", "Mr. Green", "Mrs. Brown", "the librarian"]
 
 COLORS = ["red", "blue", "green", "yellow", "pink", "purple", "orange", "white", "black", "golden",
-          "silver", "brown"]
-SIZES = ["big", "small", "tiny", "shiny", "soft", "old", "new", "round", "long", "funny"]
+          "silver", "brown", "gray", "striped", "spotty", "bright", "dark", "rainbow"]
+SIZES = ["big", "small", "tiny", "shiny", "soft", "old", "new", "round", "long", "funny", "heavy",
+         "light", "huge", "little", "fancy", "broken", "special", "magic", "wooden", "plastic", "woolly",
+         "sparkly", "squeaky", "bumpy", "smooth", "warm"]
 THINGS = ["ball", "kite", "hat", "toy boat", "book", "shell", "teddy bear", "drum", "box", "key",
           "map", "cup", "scarf", "bucket", "whistle", "marble", "crayon", "blanket", "bell", "sock",
-          "toy car", "doll", "spoon", "feather", "rock", "ribbon", "puzzle", "jar", "basket", "umbrella"]
+          "toy car", "doll", "spoon", "feather", "rock", "ribbon", "puzzle", "jar", "basket", "umbrella",
+          "backpack", "balloon", "bicycle", "boot", "bracelet", "brush", "button", "candle", "clock",
+          "coin", "compass", "crown", "flute", "glove", "guitar", "helmet", "jacket", "kazoo", "lamp",
+          "lantern", "mitten", "necklace", "notebook", "paintbrush", "pencil", "pillow", "robot", "rope",
+          "shovel", "skateboard", "sled", "star sticker", "sweater", "telescope", "toy train", "trumpet",
+          "wagon", "wand", "watch", "yo-yo", "pinwheel", "snow globe", "magnet", "tent", "violin"]
 PLACES = {
     "the park": (["the slide", "the swings", "a bench", "the sandbox", "a big tree"], ["played on the swings", "ran on the grass", "fed the ducks"]),
     "the forest": (["a log", "a bush", "a hollow tree", "the tall grass", "a pile of leaves"], ["picked berries", "listened to the birds", "looked for mushrooms"]),
@@ -73,23 +96,55 @@ PLACES = {
     "the town": (["the shop", "the bakery", "the market", "the fountain", "the post office"], ["bought bread", "looked at the shop windows", "visited the market"]),
     "the attic": (["an old chest", "a dusty box", "the window", "a corner", "a pile of clothes"], ["looked at old photos", "played dress up", "found old toys"]),
     "the zoo": (["the lion house", "the pond", "the gate", "the monkey tree", "a bench"], ["watched the monkeys", "saw the elephants", "fed the goats"]),
+    "the meadow": (["a patch of daisies", "an old oak", "the stream", "a haystack", "a wooden fence"], ["chased butterflies", "made daisy chains", "rolled in the grass"]),
+    "the library": (["a tall shelf", "the reading corner", "a soft chair", "the front desk", "a big globe"], ["read picture books", "listened to a story", "looked at maps"]),
+    "the mountain": (["a cave", "a waterfall", "a pine tree", "a snowy rock", "the trail"], ["climbed the trail", "looked at the clouds", "drank from a cold stream"]),
+    "the lake": (["the dock", "a canoe", "the lily pads", "the shore", "a willow tree"], ["went fishing", "skipped stones", "paddled a canoe"]),
+    "the playground": (["the climbing frame", "the seesaw", "the merry-go-round", "a tunnel", "the monkey bars"], ["went down the slide", "played tag", "swung on the monkey bars"]),
+    "the museum": (["a dinosaur skeleton", "a glass case", "a painting", "a statue", "the big hall"], ["looked at old bones", "saw a rocket", "drew the statues"]),
+    "the station": (["the platform", "a bench", "the ticket office", "the clock tower", "a waiting train"], ["watched the trains", "waved at the driver", "counted the wagons"]),
+    "the orchard": (["a pear tree", "a ladder", "a wheelbarrow", "the cherry trees", "a basket of plums"], ["picked cherries", "climbed a ladder", "made apple juice"]),
+    "the island": (["a palm tree", "a sandy cove", "a lighthouse", "a tide pool", "an old boat"], ["looked for treasure", "watched the seagulls", "swam in the sea"]),
+    "the circus": (["the big tent", "the ring", "a tall ladder", "the popcorn stand", "the clown car"], ["watched the acrobats", "laughed at the clowns", "ate popcorn"]),
+    "the bedroom": (["the bed", "the toy box", "the closet", "a shelf", "the rug"], ["built a tower of blocks", "played with toys", "read a bedtime story"]),
 }
 FOODS = ["cookies", "apples", "bread", "soup", "cake", "pancakes", "berries", "carrots", "cheese",
-         "sandwiches", "pie", "honey", "rice", "muffins", "grapes"]
-FEELINGS_GOOD = ["happy", "glad", "proud", "excited", "thankful", "calm", "cheerful"]
-FEELINGS_BAD = ["sad", "worried", "scared", "upset", "cross", "lonely", "nervous"]
+         "sandwiches", "pie", "honey", "rice", "muffins", "grapes", "bananas", "cherries", "peaches",
+         "pears", "plums", "oranges", "strawberries", "watermelon", "noodles", "pizza", "popcorn",
+         "pretzels", "waffles", "yogurt", "lemonade", "cocoa", "biscuits", "cupcakes", "dumplings",
+         "tomatoes", "peas", "corn", "potatoes", "jam", "nuts"]
+FEELINGS_GOOD = ["happy", "glad", "proud", "excited", "thankful", "calm", "cheerful", "joyful",
+                 "delighted", "hopeful", "brave", "peaceful", "amazed"]
+FEELINGS_BAD = ["sad", "worried", "scared", "upset", "cross", "lonely", "nervous", "grumpy",
+                "frightened", "unhappy", "gloomy", "jealous", "confused", "disappointed"]
 WEATHER_BAD = [("it started to rain", "wet"), ("a strong wind began to blow", "cold"),
                ("dark clouds filled the sky", "grey"), ("it began to snow", "cold"),
-               ("a storm came", "loud")]
+               ("a storm came", "loud"), ("thick fog rolled in", "misty"), ("hail began to fall", "icy"),
+               ("thunder rumbled over the hills", "gloomy")]
 INDOOR_GAMES = ["built a fort with pillows", "played a board game", "drew pictures", "made a puppet show",
-                "read books under a blanket", "baked a cake", "did a big puzzle", "played hide and seek"]
+                "read books under a blanket", "baked a cake", "did a big puzzle", "played hide and seek",
+                "made paper airplanes", "danced to music", "built a castle of cardboard", "played cards",
+                "made masks out of paper", "told each other jokes", "painted stones", "sang silly songs"]
 DAYS = ["One day", "One morning", "One sunny day", "One afternoon", "Once upon a time", "Long ago",
-        "Last summer", "On a cold morning", "One windy day", "One evening", "On Saturday"]
+        "Last summer", "On a cold morning", "One windy day", "One evening", "On Saturday", "On Sunday",
+        "One spring morning", "One autumn day", "One snowy day", "On a warm night", "Early one morning",
+        "One rainy Monday", "In the summer holidays", "On a bright Tuesday"]
 ENDINGS_GOOD = ["From that day on, {a} and {b} were best friends.", "{A} smiled. It was the best day ever.",
                 "That night, {a} went to bed with a big smile.", "And they all lived happily together.",
-                "{A} never forgot that day.", "The end."]
-SAY_STATEMENT = ["said", "shouted", "whispered", "cried", "called", "laughed", "replied"]
-SPEED = ["quickly", "slowly", "carefully", "happily", "quietly", "bravely"]
+                "{A} never forgot that day.", "The end.", "{A} and {b} could not wait to play again tomorrow.",
+                "It had been a wonderful adventure.", "{A} hugged {b}, and they both giggled."]
+SKIES = ["sky", "morning", "evening", "air"]
+SKY_COLORS = ["blue and clear", "pink and gold", "grey and heavy", "full of fluffy clouds", "bright",
+              "soft and warm", "cool and fresh", "dark and full of stars"]
+NATURE = ["the leaves", "the birds", "the bees", "the waves", "the flowers", "the trees", "the grass",
+          "the crickets", "the frogs", "the wind", "the stars", "the clouds", "the butterflies"]
+NATURE_VERBS = ["danced in the breeze", "sang sweetly", "hummed softly", "sparkled", "swayed gently",
+                "rustled", "whistled a tune", "glowed", "drifted slowly by", "buzzed all around",
+                "made a happy sound", "shimmered in the light"]
+SAY_STATEMENT = ["said", "shouted", "whispered", "cried", "called", "laughed", "replied", "explained",
+                 "answered", "giggled", "sighed", "yelled", "murmured", "exclaimed"]
+SPEED = ["quickly", "slowly", "carefully", "happily", "quietly", "bravely", "eagerly", "gently",
+         "patiently", "calmly", "nervously", "boldly", "softly", "hopefully"]
 
 GOALS = [  # (want to ..., what goes wrong, what fixes it, helper's skill)
     ("climb the big tree", "the first branch was too high", "gave {him} a boost", "tall"),
@@ -102,6 +157,14 @@ GOALS = [  # (want to ..., what goes wrong, what fixes it, helper's skill)
     ("paint a picture of the sea", "there was no blue paint", "mixed some paint to make blue", "clever"),
     ("ride {his} new bike", "{he} kept falling over", "held the bike until {he} could ride alone", "patient"),
     ("sing in the school show", "{he} felt too shy to sing", "sang along with {him}", "kind"),
+    ("plant a sunflower", "the ground was too hard to dig", "brought a shovel and softened the soil with water", "strong"),
+    ("write a letter to {grown}", "{he} did not know how to spell some words", "spelled the hard words slowly", "smart"),
+    ("catch a fish in the pond", "the fish swam away every time", "showed {him} how to sit very still", "patient"),
+    ("make a snowman", "the snow was too dry to stick", "added a little water to the snow", "clever"),
+    ("fix the broken wagon", "a wheel had come off", "found a nail and a hammer and fixed the wheel", "handy"),
+    ("find the way home", "{he} had walked too far and everything looked strange", "followed the river back to town", "wise"),
+    ("learn to whistle", "only air came out", "showed {him} how to shape {his} lips", "patient"),
+    ("carry the heavy basket", "the basket was too heavy for one", "took the other handle", "strong"),
 ]
 
 
@@ -341,8 +404,14 @@ class StoryWriter:
     SHAPES = ("lost_and_found", "problem_and_help", "sharing", "discovery", "mistake",
               "weather", "helping_animal", "race")
 
+    def scenery(self) -> str:
+        return (f"The {self.pick(SKIES)} was {self.pick(SKY_COLORS)}, and {self.pick(NATURE)} "
+                f"{self.pick(NATURE_VERBS)}.")
+
     def story(self) -> str:
         sentences = getattr(self, self.pick(self.SHAPES))()
+        if self.rng.random() < 0.5:  # a line of setting after the opening, for variety
+            sentences.insert(1, self.scenery())
         # Stories are one or a few paragraphs: break after some sentences.
         paragraphs, current = [], []
         for sentence in sentences:
