@@ -196,3 +196,38 @@ def test_the_installed_command_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
     assert not (tmp_path / "out").exists()
+
+
+def test_default_sample_supports_the_tiny_vocab(tmp_path):
+    """The prototype session prepares the default sample for the tiny model (vocab 4096)."""
+    meta = prepare_dataset("sample", tmp_path / "default", log=None)
+    assert meta["vocab_size"] == 4096 and meta["source"] == "sample(size_mb=4, seed=0)"
+    assert meta["train_bytes"] + meta["val_bytes"] >= 3_900_000
+
+
+def test_an_interrupted_prepare_leaves_nothing(tmp_path, monkeypatch):
+    from lumi_jax.data import prepare
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare, "pack_documents", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset("sample", tmp_path / "out", vocab_size=512, size_mb=0.05, log=None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_partial_directories_of_dead_processes_are_removed(tmp_path):
+    stale = tmp_path / ".out.partial-999999999"  # no such process
+    stale.mkdir()
+    (stale / "train.bin").write_bytes(b"half")
+    prepare_dataset("sample", tmp_path / "out", vocab_size=512, size_mb=0.05, log=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_data_info_shows_counts_and_decoded_windows(sample_dir, capsys):
+    assert main(["data-info", str(sample_dir), "--samples", "2", "--sample-tokens", "16"]) == 0
+    output = capsys.readouterr().out
+    meta = json.loads((sample_dir / "meta.json").read_text())
+    assert f"{meta['train_tokens']:,} tokens" in output
+    assert output.count("--- validation window") == 2
