@@ -231,3 +231,30 @@ def test_data_info_shows_counts_and_decoded_windows(sample_dir, capsys):
     meta = json.loads((sample_dir / "meta.json").read_text())
     assert f"{meta['train_tokens']:,} tokens" in output
     assert output.count("--- validation window") == 2
+
+
+def test_a_source_can_write_extra_files_and_segment_masks(tmp_path, monkeypatch, sample_dir):
+    from lumi_jax.data import sources
+
+    def question_answers(spec, options):
+        documents = [sources.Document(((f"Q{i}? ", False), (f"A{i}.", True))) for i in range(30)]
+
+        def write_extra_files(directory, train, val):
+            (directory / "held_out.txt").write_text(str(len(val)))
+            return {"held_out": len(val)}
+
+        return sources.Corpus(documents=documents[:25], val_documents=documents[25:], kind="instructions",
+                              source="qa", write_extra_files=write_extra_files)
+
+    monkeypatch.setitem(sources._SOURCES, "test-qa", (question_answers, "test"))
+    meta = prepare_dataset("test-qa", tmp_path / "qa", tokenizer=sample_dir / "tokenizer.model", log=None)
+    assert meta["kind"] == "instructions" and meta["has_mask"] is True
+    assert meta["source_details"]["held_out"] == 5 and (tmp_path / "qa" / "held_out.txt").read_text() == "5"
+    dataset = TokenDataset(tmp_path / "qa")
+    tokenizer = Tokenizer.load(dataset.tokenizer_path)
+    split = dataset.split("val")
+    tokens, mask = np.asarray(split.tokens), np.asarray(split.mask)
+    first = split_documents_from_tokens(tokens)[0]
+    first_mask = mask[:len(first)]
+    assert tokenizer.decode(np.array(first)[first_mask == 1][:-1]) == "A25."  # targets: the answer, then EOS
+    assert tokenizer.decode(np.array(first)[first_mask == 0][1:]) == "Q25? "  # context: the question (after BOS)

@@ -205,6 +205,7 @@ def _build(corpus: Corpus, train_docs: list[Document], val_docs: list[Document],
         raise UserError(f"the {smaller} split has {counts[smaller]} tokens, fewer than one window of "
                         f"{context + 1} (context {context} + 1); give more text or raise --val-fraction")
 
+    extra_facts = corpus.write_extra_files(directory, train_docs, val_docs) if corpus.write_extra_files else {}
     total_tokens = counts["train"] + counts["val"]
     return {
         "format_version": FORMAT_VERSION,
@@ -228,7 +229,7 @@ def _build(corpus: Corpus, train_docs: list[Document], val_docs: list[Document],
         "bos_id": BOS_ID,
         "eos_id": EOS_ID,
         "text_stats": corpus.stats.to_dict(),
-        "source_details": corpus.details,
+        "source_details": {**corpus.details, **extra_facts},
         "tokenizer_seconds": round(tokenizer_seconds, 3),
         "pack_seconds": round(pack_seconds, 3),
         "lumi_jax_version": lumi_jax.__version__,

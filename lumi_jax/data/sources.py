@@ -11,7 +11,8 @@ How to add a source kind:
 - a JSONL record shape (like `{"text": ...}`): write `def to_document(record) -> Document | None`
   (None: not this shape) and call `register_jsonl_format("name", to_document, kind)`.
 A document made of segments `(text, is_target)` gets a loss mask (train_mask.bin / val_mask.bin):
-1 on tokens from target segments, 0 on the others.
+1 on tokens from target segments, 0 on the others. A source that needs more files in the dataset
+directory (held-out examples, say) sets `Corpus.write_extra_files`.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class Corpus:
     val_documents: list[Document] | None = None  # None: prepare splits `documents` itself
     stats: TextStats = dataclasses.field(default_factory=TextStats)
     details: dict[str, Any] = dataclasses.field(default_factory=dict)  # source-specific facts for meta.json
+    # Optional: writes source-specific files into the dataset directory (still the hidden partial
+    # one) as write_extra_files(directory, train_documents, val_documents) -> facts for meta.json.
+    write_extra_files: Callable[[Path, list[Document], list[Document]], dict[str, Any]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +75,8 @@ SourceLoader = Callable[[str, SourceOptions], Corpus]
 _SOURCES: dict[str, tuple[SourceLoader, str]] = {}
 _JSONL_FORMATS: dict[str, tuple[Callable[[dict], Document | None], str]] = {}
 # Modules that register sources when imported; imported the first time a source is looked up.
-_PLUGIN_MODULES = ("lumi_jax.data.sample_corpus",)
+# A module that does not exist (yet) is skipped; any other import error is raised.
+_PLUGIN_MODULES = ("lumi_jax.data.sample_corpus", "lumi_jax.data.instructions")
 _plugins_loaded = False
 
 
@@ -90,7 +95,11 @@ def _load_plugins() -> None:
     if not _plugins_loaded:
         _plugins_loaded = True
         for module in _PLUGIN_MODULES:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as error:
+                if error.name != module:
+                    raise
 
 
 def named_sources() -> dict[str, str]:
@@ -185,6 +194,7 @@ def read_jsonl(path: Path, errors: str = "strict") -> tuple[list[Document], Text
     """Each line one JSON object, in any registered record shape; all lines must share a kind."""
     from lumi_jax.data.text import normalise_text
 
+    _load_plugins()  # record shapes registered by plugin modules
     if not path.exists():
         raise UserError(f"{path}: no such file; check the path")
     content, stats = decode_utf8(path.read_bytes(), str(path), errors)
