@@ -108,6 +108,14 @@ PLACES = {
     "the circus": (["the big tent", "the ring", "a tall ladder", "the popcorn stand", "the clown car"], ["watched the acrobats", "laughed at the clowns", "ate popcorn"]),
     "the bedroom": (["the bed", "the toy box", "the closet", "a shelf", "the rug"], ["built a tower of blocks", "played with toys", "read a bedtime story"]),
 }
+# "in the attic", "on the hill", "at the park"
+PREPOSITIONS = {"the forest": "in", "the garden": "in", "the school": "at", "the kitchen": "in",
+                "the hill": "on", "the town": "in", "the attic": "in", "the meadow": "in",
+                "the library": "in", "the mountain": "on", "the museum": "in", "the orchard": "in",
+                "the island": "on", "the bedroom": "in", "the farm": "on", "the circus": "at"}
+INDOOR_PLACES = ("the kitchen", "the attic", "the library", "the museum", "the bedroom", "the school",
+                 "the station", "the circus")
+
 FOODS = ["cookies", "apples", "bread", "soup", "cake", "pancakes", "berries", "carrots", "cheese",
          "sandwiches", "pie", "honey", "rice", "muffins", "grapes", "bananas", "cherries", "peaches",
          "pears", "plums", "oranges", "strawberries", "watermelon", "noodles", "pizza", "popcorn",
@@ -206,8 +214,9 @@ class StoryWriter:
         adjective = self.pick(COLORS) if self.rng.random() < 0.6 else self.pick(SIZES)
         return f"{adjective} {self.pick(THINGS)}"
 
-    def place(self) -> tuple[str, list[str], list[str]]:
-        name = self.pick(list(PLACES))
+    def place(self, outdoor: bool = False) -> tuple[str, list[str], list[str]]:
+        names = [p for p in PLACES if p not in INDOOR_PLACES] if outdoor else list(PLACES)
+        name = self.pick(names)
         spots, activities = PLACES[name]
         return name, spots, activities
 
@@ -238,7 +247,10 @@ class StoryWriter:
         feeling = self.pick(FEELINGS_BAD)
         return [
             self.opening(a),
-            f"{a.He} had {article(thing)} {thing}. {a.He} loved it very much.",
+            f"{a.He} had {article(thing)} {thing}. " + self.pick([f"{a.He} loved it very much.",
+                                                                f"It was {a.his} favorite thing in the world.",
+                                                                f"{a.He} took it everywhere.",
+                                                                f"{grown_up_gift(self, a)}"]),
             f"{a.He} took the {thing} to {place} and {self.pick(activities)}.",
             f"But when it was time to go home, the {thing} was gone! {a.name} felt {feeling}.",
             self.say(a, f"Where is my {thing}?"),
@@ -331,7 +343,7 @@ class StoryWriter:
         ])
         grown_name = capitalised(grown)
         return [
-            self.opening(a),
+            f"{self.pick(DAYS)}, {a.kind} named {a.name} was at home with {grown}.",
             f"{a.He} was in a hurry to play, so {a.he} ran {self.pick(['through the house', 'past the table', 'too fast'])}.",
             f"Because {a.he} was running, {a.he} {accident}.",
             f"{a.name} felt {self.pick(['bad', 'sad', 'worried', 'scared'])}. {a.He} wanted to hide.",
@@ -344,13 +356,13 @@ class StoryWriter:
 
     def weather(self) -> list[str]:
         a, b = self.cast()
-        place, _, activities = self.place()
+        place, _, activities = self.place(outdoor=True)
         food = self.pick(FOODS)
         storm, feel = self.pick(WEATHER_BAD)
         game = self.pick(INDOOR_GAMES)
         return [
             self.opening(a),
-            f"{a.name} and {b.name} wanted to have a picnic at {place}. They packed {food} and a blanket.",
+            f"{a.name} and {b.name} wanted to have a picnic {at(place)}. They packed {food} and a blanket.",
             f"But when they opened the door, {storm}. Everything outside was {feel}.",
             self.say(a, self.pick(["Oh no! Now we can not go.", "Our picnic is ruined!", "This is not fair."])),
             f"{a.name} was {self.pick(FEELINGS_BAD)}. Then {b.name} had an idea.",
@@ -369,7 +381,7 @@ class StoryWriter:
         grown = self.pick(GROWN_UPS)
         return [
             self.opening(a),
-            f"At {place}, near {self.pick(spots)}, {a.he} found {article(species)} {species} with {hurt}.",
+            f"{capitalised(at(place))}, near {self.pick(spots)}, {a.he} found {article(species)} {species} with {hurt}.",
             f"The {species} was shaking because it was cold and scared.",
             self.say(a, f"Poor little {species}. I will help you."),
             f"{a.name} carried it home {self.pick(['very carefully', 'gently', 'slowly'])}. {capitalised(grown)} helped {a.him} make a soft bed in a box.",
@@ -379,16 +391,16 @@ class StoryWriter:
             self.say(a, f"Goodbye, {name}! I will miss you."),
             f"{a.name} felt a little sad, but also {self.pick(FEELINGS_GOOD)}.",
             self.pick([f"The next morning, {name} came back to visit, and {a.name} laughed with joy.",
-                       f"Sometimes {a.name} still sees {name} at {place}, and {a.he} always waves.",
+                       f"Sometimes {a.name} still sees {name} {at(place)}, and {a.he} always waves.",
                        f"{a.He} knew that {a.he} had done a good thing."]),
         ]
 
     def race(self) -> list[str]:
         a, b = self.cast()
-        place, spots, _ = self.place()
+        place, spots, _ = self.place(outdoor=True)
         goal = self.pick(spots)
         return [
-            f"{self.pick(DAYS)}, {a.name} and {b.name} were at {place}.",
+            f"{self.pick(DAYS)}, {a.name} and {b.name} were {at(place)}.",
             self.say(a, f"Let's have a race to {goal}!"),
             self.say(b, self.pick(["Okay! I am very fast.", "Ready, set, go!", "I will win!"])),
             f"They ran as fast as they could. {b.name} was in front, but then {b.he} {self.pick(['tripped on a stone', 'slipped in the mud', 'hurt ' + b.his + ' foot'])} and fell down.",
@@ -424,13 +436,23 @@ class StoryWriter:
         return "\n\n".join(paragraphs)
 
 
+def grown_up_gift(writer: StoryWriter, a: Character) -> str:
+    return f"{capitalised(writer.pick(GROWN_UPS))} had given it to {a.him} for {a.his} birthday."
+
+
 def capitalised(text: str) -> str:
     """First letter upper case, the rest untouched ("the teacher" -> "The teacher", "Aunt Rose" kept)."""
     return text[:1].upper() + text[1:]
 
 
 def article(word: str) -> str:
-    return "an" if word[:1].lower() in "aeiou" else "a"
+    word = word.lower()
+    sounds_like_you = word.startswith(("uni", "use", "eu"))
+    return "an" if word[:1] in "aeiou" and not sounds_like_you else "a"
+
+
+def at(place: str) -> str:
+    return f"{PREPOSITIONS.get(place, 'at')} {place}"
 
 
 def generate_stories(size_mb: float, seed: int) -> list[str]:
