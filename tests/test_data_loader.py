@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -33,14 +34,15 @@ def write_dataset(directory: Path, tokens: np.ndarray, vocab_size: int, dtype: s
                   mask: np.ndarray | None = None) -> TokenDataset:
     """A hand-made dataset (same layout as prepare writes), for exact token checks."""
     directory.mkdir()
-    (directory / "tokenizer.model").write_bytes(b"unused by the loader")
+    tokenizer_bytes = b"stands in for a tokenizer: the loader only checks its hash"
+    (directory / "tokenizer.model").write_bytes(tokenizer_bytes)
     half = len(tokens) // 2
     for name, part in (("train", tokens[:half]), ("val", tokens[half:])):
         part.astype(dtype).tofile(directory / f"{name}.bin")
         if mask is not None:
             (mask[:half] if name == "train" else mask[half:]).astype(np.uint8).tofile(directory / f"{name}_mask.bin")
     meta = {"format_version": FORMAT_VERSION, "kind": "text", "source": "test", "vocab_size": vocab_size,
-            "tokenizer_sha256": "0" * 64, "token_dtype": dtype, "seed": 0, "train_tokens": half,
+            "tokenizer_sha256": hashlib.sha256(tokenizer_bytes).hexdigest(), "token_dtype": dtype, "seed": 0, "train_tokens": half,
             "val_tokens": len(tokens) - half, "train_documents": 1, "val_documents": 1, "train_bytes": half,
             "val_bytes": len(tokens) - half, "bytes_per_token": 1.0, "created": "now"}
     (directory / "meta.json").write_text(json.dumps(meta))
@@ -139,6 +141,9 @@ def test_missing_or_malformed_dataset_directories(tmp_path):
         handle.truncate(10)
     with pytest.raises(UserError, match="train.bin has 10 bytes"):
         TokenDataset(dataset.path).split("train")
+    (dataset.path / "tokenizer.model").write_bytes(b"another tokenizer")
+    with pytest.raises(UserError, match="differs from the one in meta.json"):
+        TokenDataset(dataset.path)
     (dataset.path / "meta.json").write_text("{not json")
     with pytest.raises(UserError, match="meta.json is not valid JSON"):
         TokenDataset(dataset.path)

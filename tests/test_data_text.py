@@ -62,9 +62,10 @@ def test_directory_source_reads_txt_and_md_recursively(tmp_path):
     (tmp_path / "a.txt").write_text("alpha\n\n\nbeta")
     (tmp_path / "sub" / "b.md").write_text("gamma")
     (tmp_path / "sub" / "c.json").write_text("{}")  # not text: ignored
+    (tmp_path / "sub" / "empty.txt").write_text("\n\n")  # empty among others: skipped and counted
     corpus = load_corpus(str(tmp_path), SourceOptions())
     assert [d.text for d in corpus.documents] == ["alpha", "beta", "gamma"]
-    assert corpus.stats.files == 2
+    assert corpus.stats.files == 3 and corpus.details["empty_files_skipped"] == 1
     globbed = load_corpus(str(tmp_path / "**" / "*.md"), SourceOptions())
     assert [d.text for d in globbed.documents] == ["gamma"]
 

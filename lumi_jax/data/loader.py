@@ -11,6 +11,7 @@ last batch is padded to full shape with weight 0 so a jitted evaluation compiles
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +61,11 @@ class TokenDataset:
         self.tokenizer_path = self.path / "tokenizer.model"
         if not self.tokenizer_path.is_file():
             self._malformed("has no tokenizer.model")
+        actual_sha256 = hashlib.sha256(self.tokenizer_path.read_bytes()).hexdigest()
+        if actual_sha256 != self.tokenizer_sha256:
+            raise UserError(f"{self.tokenizer_path}: its SHA-256 ({actual_sha256[:12]}) differs from the one in "
+                            f"meta.json ({self.tokenizer_sha256[:12]}): the tokenizer was replaced after the "
+                            f"tokens were written; prepare the dataset again with `lumi prepare ... --out {self.path} --force`")
         self._splits: dict[str, TokenSplit] = {}
 
     def _malformed(self, problem: str) -> None:

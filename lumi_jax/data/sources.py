@@ -153,6 +153,7 @@ def load_paths(spec: str, options: SourceOptions) -> Corpus:
     documents: list[Document] = []
     stats = TextStats()
     kinds: set[str] = set()
+    empty_files = 0
     for path in files:
         if path.suffix.lower() == ".jsonl":
             file_documents, file_stats, kind = read_jsonl(path, options.errors)
@@ -161,14 +162,20 @@ def load_paths(spec: str, options: SourceOptions) -> Corpus:
             text, file_stats = read_text_file(path, options.errors)
             file_documents = [Document.of_text(d) for d in split_documents(text)]
             kinds.add("text")
-        if not file_documents:
-            raise UserError(f"{path}: is empty (no text after normalisation); remove it or give a file with text")
-        documents.extend(file_documents)
         stats.add(file_stats)
+        if not file_documents:
+            if len(files) == 1:
+                raise UserError(f"{path}: is empty (no text after normalisation); give a file with text")
+            empty_files += 1  # one empty file among many is skipped (and counted), not fatal
+            continue
+        documents.extend(file_documents)
+    if not documents:
+        raise UserError(f"{spec}: all {len(files)} files are empty (no text after normalisation); give files with text")
     if len(kinds) > 1:
         raise UserError(f"{spec}: mixes plain text and instruction records; prepare them as separate datasets")
     return Corpus(documents=documents, kind=kinds.pop(), source=spec, stats=stats,
-                  details={"files": [str(p) for p in files[:20]] + (["..."] if len(files) > 20 else [])})
+                  details={"files": [str(p) for p in files[:20]] + (["..."] if len(files) > 20 else []),
+                           "file_count": len(files), "empty_files_skipped": empty_files})
 
 
 def _text_record(record: dict) -> Document | None:
