@@ -72,7 +72,9 @@ def main() -> int:
         print(f"error: {args.text} does not exist; pass --text PATH to a large UTF-8 text file", file=sys.stderr)
         return 2
 
-    results: dict = {"machine": machine(), "text": str(args.text), "repeats": args.repeats}
+    # other work on the machine slows every number here: the load averages say how busy it was
+    results: dict = {"machine": machine(), "text": str(args.text), "repeats": args.repeats,
+                     "load_average_1min_before": round(os.getloadavg()[0], 2)}
     read_s, (text, _stats) = median_seconds(lambda: read_text_file(args.text), args.repeats)
     documents = [Document.of_text(d) for d in split_documents(text)]
     text_mb = sum(len(d.text.encode("utf-8")) for d in documents) / 1e6
@@ -111,6 +113,7 @@ def main() -> int:
             "default_prepare_bytes_per_token": round(default_meta["bytes_per_token"], 3),
         }
 
+    results["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def pack_documents(documents: Sequence[Document], tokenizer: Tokenizer, token_dt
     (tokens of target segments and the EOS), 0 for context segments and the BOS.
     """
     total = 0
-    with open(tokens_path, "wb") as tokens_file, (open(mask_path, "wb") if mask_path else _nothing()) as mask_file:
+    with open(tokens_path, "wb") as tokens_file, (open(mask_path, "wb") if mask_path else nullcontext()) as mask_file:
         for start in range(0, len(documents), ENCODE_CHUNK_DOCUMENTS):
             chunk = documents[start:start + ENCODE_CHUNK_DOCUMENTS]
             if mask_file is None:
@@ -75,14 +76,6 @@ def pack_documents(documents: Sequence[Document], tokenizer: Tokenizer, token_dt
                 np.asarray(mask, dtype=MASK_DTYPE).tofile(mask_file)
             total += count
     return total
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _encode_segmented(documents: Sequence[Document], tokenizer: Tokenizer) -> tuple[list[int], list[int]]:

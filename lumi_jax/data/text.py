@@ -85,17 +85,8 @@ def decode_utf8(data: bytes, origin: str, errors: str = "strict") -> tuple[str, 
 
 def _decode_replacing(data: bytes) -> tuple[str, int]:
     """Decode with U+FFFD for each invalid sequence, counting them (U+FFFD already in the file is not counted)."""
-    replaced = 0
-
-    def count(error: UnicodeDecodeError) -> tuple[str, int]:
-        nonlocal replaced
-        replaced += 1
-        return "\ufffd", error.end
-
-    import codecs
-
-    codecs.register_error("lumi_count_replace", count)
-    return data.decode("utf-8", errors="lumi_count_replace"), replaced
+    text = data.decode("utf-8", errors="replace")
+    return text, text.count("\ufffd") - data.count("\ufffd".encode("utf-8"))
 
 
 def normalise_text(text: str, stats: TextStats | None = None) -> str:
