@@ -39,12 +39,18 @@ DEFAULT_TEXT = REPO_ROOT.parent / "shared" / "data" / "war_and_peace.txt"
 RESULT = REPO_ROOT / "benchmarks" / "results" / "prepare_throughput.json"
 
 
+CPU_SECONDS: dict[int, float] = {}  # id(result) -> median CPU seconds of the call that made it
+
+
 def median_seconds(function, repeats: int) -> tuple[float, object]:
-    times, result = [], None
+    """Median wall seconds (and, in CPU_SECONDS, median CPU seconds of this process) of `repeats` calls."""
+    times, cpu_times, result = [], [], None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = function()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    CPU_SECONDS[id(result)] = statistics.median(cpu_times)
     return statistics.median(times), result
 
 
@@ -90,9 +96,12 @@ def main() -> int:
             pack_s, tokens = median_seconds(
                 lambda tokenizer=tokenizer: pack_documents(documents, tokenizer, token_dtype_for(tokenizer.vocab_size),
                                                            scratch / "train.bin", None), args.repeats)
+            pack_cpu_s = CPU_SECONDS[id(tokens)]
             results["real_text"][f"vocab_{vocab}"] = {
                 "tokenizer_train_s": round(train_s, 3),
                 "tokenise_and_pack_s": round(pack_s, 3),
+                "tokenise_and_pack_cpu_s": round(pack_cpu_s, 3),
+                "tokenise_and_pack_mb_per_cpu_s": round(text_mb / pack_cpu_s, 2),
                 "tokenise_and_pack_mb_per_s": round(text_mb / pack_s, 2),
                 "tokens": tokens,
                 "bytes_per_token": round(text_mb * 1e6 / tokens, 3),
