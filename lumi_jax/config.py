@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -214,3 +215,97 @@ def config_hash(data: Any) -> str:
     """A short, stable hash of a JSON-able config, for records and mismatch checks."""
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training settings (a recipe in config/recipes/*.json is a TrainConfig; CLI flags override it).
+
+RECIPES_DIR = CONFIG_DIR / "recipes"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train: the optimiser, the schedule, the batch, and when to save, evaluate and stop."""
+
+    steps: int = 1000  # optimizer updates (each sees batch_size sequences)
+    batch_size: int = 8  # global: sequences per update, over all devices and hosts
+    grad_accum: int = 1  # the batch is split into this many micro-batches, gradients summed
+    context: int | None = None  # tokens per sequence; None means the model's max_seq_len
+    lr: float = 1e-3  # peak learning rate, reached at the end of warmup
+    warmup: int = 100  # linear warmup steps from 0 to lr
+    min_lr: float = 1e-4  # cosine decay floor, reached at the last step
+    weight_decay: float = 0.1  # AdamW decoupled decay, on matrices only (not norms)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # global-norm clipping threshold; 0 disables it
+    seed: int = 0  # parameter init and data order
+    dtype: str = "float32"  # compute dtype (float32 or bfloat16); parameters stay float32
+    remat: bool = False  # recompute block activations in the backward pass (saves memory)
+    time_budget_minutes: float | None = None  # stop cleanly and save after this much wall time
+    save_every: int = 200  # checkpoint interval in steps (also saved at the end and on signals)
+    keep_checkpoints: int = 3  # the last N checkpoints are kept
+    eval_every: int = 200  # validation interval in steps (also at the end); 0 disables it
+    eval_batches: int = 8  # validation batches per evaluation
+    log_every: int = 10  # metrics.jsonl / progress interval in steps
+    mesh_data: int = 0  # devices on the data axis; 0 means all devices not used by fsdp
+    mesh_fsdp: int = 1  # devices that shard parameters and optimizer state (FSDP)
+    tensorboard: bool = False  # also write TensorBoard event files (needs tensorboardX)
+    description: str = ""
+
+    def validate(self, source: str) -> None:
+        def fail(field: str, problem: str, fix: str) -> None:
+            raise UserError(f"{source}: '{field}' {problem}; {fix}")
+
+        for field in ("steps", "batch_size", "grad_accum", "save_every", "keep_checkpoints",
+                      "log_every", "eval_batches", "mesh_fsdp"):
+            if getattr(self, field) <= 0:
+                fail(field, f"is {getattr(self, field)}", "use a positive integer")
+        for field in ("warmup", "eval_every", "mesh_data", "seed"):
+            if getattr(self, field) < 0:
+                fail(field, f"is {getattr(self, field)}", "use zero or a positive integer")
+        if self.context is not None and self.context <= 1:
+            fail("context", f"is {self.context}", "use at least 2 tokens, or null for the model's max_seq_len")
+        if self.batch_size % self.grad_accum:
+            fail("grad_accum", f"({self.grad_accum}) does not divide batch_size ({self.batch_size})",
+                 "choose a divisor of the batch size")
+        if self.warmup >= self.steps:
+            fail("warmup", f"({self.warmup}) is not shorter than steps ({self.steps})",
+                 "use fewer warmup steps than training steps")
+        if not (0 < self.lr and math.isfinite(self.lr)):
+            fail("lr", f"is {self.lr}", "use a positive learning rate, typically 1e-4 to 3e-3")
+        if not 0 <= self.min_lr <= self.lr:
+            fail("min_lr", f"is {self.min_lr}", f"use a floor between 0 and lr ({self.lr})")
+        if not 0 <= self.weight_decay < 1:
+            fail("weight_decay", f"is {self.weight_decay}", "use a value in [0, 1), typically 0.1")
+        for field in ("beta1", "beta2"):
+            if not 0 <= getattr(self, field) < 1:
+                fail(field, f"is {getattr(self, field)}", "use a value in [0, 1), e.g. 0.9 and 0.95")
+        if self.grad_clip < 0:
+            fail("grad_clip", f"is {self.grad_clip}", "use a positive norm such as 1.0, or 0 to disable")
+        if self.dtype not in COMPUTE_DTYPES:
+            fail("dtype", f"is '{self.dtype}'", f"use one of {', '.join(COMPUTE_DTYPES)}")
+        if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
+            fail("time_budget_minutes", f"is {self.time_budget_minutes}", "use a positive number of minutes, or null")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def train_config_from_dict(data: Any, source: str) -> TrainConfig:
+    config = dataclass_from_dict(TrainConfig, data, source)
+    config.validate(source)
+    return config
+
+
+def load_train_config(name_or_path: str | Path) -> TrainConfig:
+    """`quick` means config/recipes/quick.json; anything else is a path to a recipe."""
+    text = str(name_or_path)
+    candidate = RECIPES_DIR / f"{text}.json"
+    if "/" not in text and not text.endswith(".json") and candidate.exists():
+        path = candidate
+    else:
+        path = Path(text)
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.json")))
+            raise UserError(f"{text}: no such training recipe; give a path or one of: {known}")
+    return train_config_from_dict(read_json(path), str(path))

@@ -1,0 +1,136 @@
+"""Where arrays live: a device mesh, the partition rule, and multi-host start-up.
+
+The mesh has two axes over all devices (of all hosts):
+
+    data  – each device group sees a different slice of the batch (data parallelism);
+    fsdp  – the batch is split further, AND parameters / optimizer state are split along one
+            dimension, gathered by XLA just in time for each matmul (fully sharded data parallel).
+
+A batch (B, T) is split along B over both axes. A parameter or optimizer leaf is split along its
+largest dimension that `fsdp` divides; leaves too small or indivisible stay replicated. One rule
+for every leaf means AdamW's moments automatically follow their parameters. With one device
+every sharding is trivial and the same code runs unchanged.
+
+Several hosts: launch the same command on every host with JAX_COORDINATOR_ADDRESS=host:port,
+JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=i set (or under SLURM / Open MPI, which JAX detects),
+and `initialize_distributed` calls `jax.distributed.initialize` before anything touches a device.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from lumi_jax.errors import UserError
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def initialize_distributed() -> bool:
+    """Join a multi-host job when the environment describes one; return True if it did."""
+    if jax.distributed.is_initialized():
+        return True
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        missing = [name for name in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if not os.environ.get(name)]
+        if missing:
+            raise UserError(
+                f"JAX_COORDINATOR_ADDRESS is set but {', '.join(missing)} is not; set all three on "
+                "every host (JAX_NUM_PROCESSES = number of hosts, JAX_PROCESS_ID = 0..N-1)"
+            )
+        jax.distributed.initialize(
+            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
+        return True
+    cluster_sizes = (os.environ.get("SLURM_NTASKS"), os.environ.get("OMPI_COMM_WORLD_SIZE"))
+    if any(size and int(size) > 1 for size in cluster_sizes):
+        jax.distributed.initialize()  # JAX reads the SLURM / Open MPI variables itself
+        return True
+    return False
+
+
+def parse_mesh_spec(text: str) -> tuple[int, int]:
+    """`data=4,fsdp=2` → (4, 2); a missing axis is 0 for data (all the rest) and 1 for fsdp."""
+    sizes = {"data": 0, "fsdp": 1}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in sizes or not value.isdigit():
+            raise UserError(f"--mesh '{text}': expected data=N,fsdp=M with whole numbers; e.g. --mesh data=2,fsdp=2")
+        sizes[name] = int(value)
+    if sizes["fsdp"] < 1:
+        raise UserError(f"--mesh '{text}': fsdp must be at least 1; e.g. --mesh fsdp=2")
+    return sizes["data"], sizes["fsdp"]
+
+
+def make_mesh(data: int = 0, fsdp: int = 1) -> Mesh:
+    """A (data, fsdp) mesh over every device; data=0 takes all devices fsdp leaves."""
+    count = jax.device_count()
+    if fsdp < 1 or count % fsdp:
+        raise UserError(f"mesh: fsdp={fsdp} does not divide the {count} devices; choose a divisor of {count}")
+    data = data or count // fsdp
+    if data * fsdp != count:
+        raise UserError(
+            f"mesh: data={data} × fsdp={fsdp} = {data * fsdp} but there are {count} devices; "
+            f"make the product {count} (or leave data out to use all devices)"
+        )
+    return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def batch_shards(mesh: Mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def check_batch_divides(batch_size: int, grad_accum: int, mesh: Mesh) -> None:
+    micro_batch = batch_size // grad_accum
+    shards = batch_shards(mesh)
+    if micro_batch % shards:
+        raise UserError(
+            f"batch: the micro-batch of {micro_batch} sequences (batch_size {batch_size} / grad_accum "
+            f"{grad_accum}) does not divide among {shards} devices; use a batch size that is a multiple "
+            f"of {shards * grad_accum}"
+        )
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """(B, T) arrays split along B over every device."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def leaf_spec(shape: tuple[int, ...], fsdp: int) -> PartitionSpec:
+    """Split the largest dimension `fsdp` divides; replicate small or indivisible leaves."""
+    if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < 1024:
+        return PartitionSpec()
+    candidates = [axis for axis in range(len(shape)) if shape[axis] % fsdp == 0]
+    if not candidates:
+        return PartitionSpec()
+    axis = max(candidates, key=lambda a: shape[a])
+    spec = [None] * len(shape)
+    spec[axis] = "fsdp"
+    return PartitionSpec(*spec)
+
+
+def state_shardings(abstract_tree, mesh: Mesh):
+    """NamedShardings for a pytree of arrays (or ShapeDtypeStructs), by `leaf_spec`."""
+    fsdp = mesh.shape["fsdp"]
+    return jax.tree.map(lambda leaf: NamedSharding(mesh, leaf_spec(tuple(leaf.shape), fsdp)), abstract_tree)
+
+
+def put_batch(arrays: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Place this host's rows of the global batch on its devices as one global array each.
+
+    With one host the rows are the whole batch; with several, each host passes the rows
+    its loader produced for its `process_index` and JAX stitches the global array together.
+    """
+    sharding = batch_sharding(mesh)
+    return {
+        name: jax.make_array_from_process_local_data(sharding, value)
+        for name, value in arrays.items()
+    }
