@@ -14,6 +14,8 @@ short (kill -9, power loss) never appears as a step. A step that is listed but c
 from __future__ import annotations
 
 import logging
+import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ class CheckpointStore:
         if read_only and not self.directory.is_dir():
             raise UserError(f"{self.directory}: no checkpoints directory; train the run first (lumi train)")
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("params", "opt_state", "meta"))
+        self.unreadable: list[int] = []  # steps `restore_latest_good` had to skip
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -98,6 +101,7 @@ class CheckpointStore:
             try:
                 return self.restore(candidate, abstract_params, abstract_opt_state)
             except Exception as error:  # any unreadable checkpoint: fall back to an older one
+                self.unreadable.append(candidate)
                 warnings.warn(
                     f"checkpoint step {candidate} in {self.directory} is unreadable "
                     f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}); "
@@ -110,6 +114,22 @@ class CheckpointStore:
                 "the files are damaged: retrain into a new --out directory"
             )
         return None
+
+
+    def set_aside_unreadable(self, destination: Path) -> list[Path]:
+        """Move the skipped steps out of the way (never delete them), so training can save
+        those steps again; returns where they went."""
+        moved = []
+        for step in self.unreadable:
+            source = self.directory / str(step)
+            if source.exists():
+                target = Path(destination) / f"{step}-{int(time.time())}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(source, target)
+                moved.append(target)
+        self.unreadable = []
+        self.manager.reload()
+        return moved
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

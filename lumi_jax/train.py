@@ -395,6 +395,10 @@ def train(
             abstract_with_shardings(jax.eval_shape(lambda: state.params), state_shardings.params),
             abstract_with_shardings(jax.eval_shape(lambda: state.opt_state), state_shardings.opt_state),
         )
+        if is_writer:
+            for moved in store.set_aside_unreadable(run_dir / "checkpoints_unreadable"):
+                print(f"moved the unreadable checkpoint to {moved}; training continues from the one before",
+                      file=sys.stderr, flush=True)
         if restored is None and resume:
             raise UserError(f"{run_dir}: has no checkpoint to resume from; drop --resume to start it again")
         start_step = 0
