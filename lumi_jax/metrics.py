@@ -75,6 +75,18 @@ def peak_flops() -> tuple[float | None, str]:
     return None, f"unknown peak for {kind}"
 
 
+def tensorboard_writer_class():
+    """tensorboardX's SummaryWriter (event files without TensorFlow), or a clear error."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        raise UserError(
+            "--tensorboard needs the tensorboardX package (no TensorFlow required); "
+            "install it with: .venv/bin/pip install -e '.[tensorboard]'"
+        ) from None
+    return SummaryWriter
+
+
 class MetricsLog:
     """metrics.jsonl (one JSON object per line) and, when asked, TensorBoard event files."""
 
@@ -83,14 +95,7 @@ class MetricsLog:
         self.enabled = enabled  # only process 0 of a multi-host job writes
         self.tensorboard = None
         if tensorboard and enabled:
-            try:
-                from tensorboardX import SummaryWriter
-            except ImportError:
-                raise UserError(
-                    "--tensorboard needs the tensorboardX package (no TensorFlow required); "
-                    "install it with: .venv/bin/pip install -e '.[tensorboard]'"
-                ) from None
-            self.tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            self.tensorboard = tensorboard_writer_class()(str(Path(run_dir) / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
         """Drop lines past `step`: a resumed run redoes those steps and logs them again."""

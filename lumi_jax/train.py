@@ -61,6 +61,7 @@ from lumi_jax.metrics import (
     peak_flops,
     plot_curves,
     read_metrics,
+    tensorboard_writer_class,
 )
 from lumi_jax.model import forward, init_params
 from lumi_jax.optim import learning_rate_schedule, make_optimizer
@@ -354,6 +355,14 @@ def train(
     context = train_config.context or model_config.max_seq_len
     data_path, run_dir = Path(data_path), Path(out_dir)
     dataset = open_dataset(data_path, model_config, context)
+    if train_config.tensorboard:
+        tensorboard_writer_class()  # a missing package is found before anything is written
+
+    mesh = shard.make_mesh(train_config.mesh_data, train_config.mesh_fsdp)
+    shard.check_batch_divides(train_config.batch_size, train_config.grad_accum, mesh)
+    if train_config.batch_size % jax.process_count():
+        raise UserError(f"batch_size {train_config.batch_size} does not divide among {jax.process_count()} hosts; "
+                        f"use a multiple of {jax.process_count()}")
 
     # The run directory: new, or an existing run to continue.
     config_path = run_dir / "config.json"
@@ -365,6 +374,8 @@ def train(
         raise UserError(f"{run_dir}: exists and is not a lumi run (no config.json); choose a new or empty --out")
     elif resume:
         raise UserError(f"{run_dir}: no run to resume (no config.json); drop --resume to start a new run there")
+    if resume and not any(p.name.isdigit() for p in (run_dir / "checkpoints").glob("*")):
+        raise UserError(f"{run_dir}: has no checkpoint to resume from; drop --resume to start it again")
     run_config = {
         "model": model_config.to_dict(),
         "train": train_config.to_dict(),
@@ -378,11 +389,6 @@ def train(
         if not (run_dir / "tokenizer.model").exists():
             shutil.copyfile(dataset.tokenizer_path, run_dir / "tokenizer.model")
 
-    mesh = shard.make_mesh(train_config.mesh_data, train_config.mesh_fsdp)
-    shard.check_batch_divides(train_config.batch_size, train_config.grad_accum, mesh)
-    if train_config.batch_size % jax.process_count():
-        raise UserError(f"batch_size {train_config.batch_size} does not divide among {jax.process_count()} hosts; "
-                        f"use a multiple of {jax.process_count()}")
     optimizer = make_optimizer(train_config)
     identity_hash = config_hash({"model": run_config["model"],
                                  "train": {f: run_config["train"][f] for f in RESUME_LOCKED_FIELDS}})
@@ -399,8 +405,6 @@ def train(
             for moved in store.set_aside_unreadable(run_dir / "checkpoints_unreadable"):
                 print(f"moved the unreadable checkpoint to {moved}; training continues from the one before",
                       file=sys.stderr, flush=True)
-        if restored is None and resume:
-            raise UserError(f"{run_dir}: has no checkpoint to resume from; drop --resume to start it again")
         start_step = 0
         if restored is not None:
             meta = restored["meta"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 
 import jax
@@ -151,7 +152,8 @@ def test_gradient_accumulation_equals_the_whole_batch(stepper, one_batch):
 @pytest.fixture(scope="module")
 def finished_run(micro_config, dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "micro"
-    config = dataclasses.replace(STEP_CONFIG, steps=300, eval_every=100, log_every=10, save_every=100)
+    config = dataclasses.replace(STEP_CONFIG, steps=300, eval_every=100, log_every=10, save_every=100,
+                                 tensorboard=importlib.util.find_spec("tensorboardX") is not None)
     summary = train(config, micro_config, dataset_dir, out, show_progress=False)
     return out, summary
 
@@ -175,6 +177,12 @@ def test_training_writes_the_run_directory_contract(finished_run, dataset_dir):
     # The loss falls clearly: from ~ln(512) = 6.2 to well below.
     assert train_lines[0]["loss"] > 5.5 and saved["final_train_loss"] < 4.5
     assert sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == [100, 200, 300]
+
+
+def test_tensorboard_event_files_when_asked(finished_run):
+    pytest.importorskip("tensorboardX")
+    out, _ = finished_run
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_load_run_returns_the_final_parameters(finished_run, micro_config):
