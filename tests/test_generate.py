@@ -1,0 +1,158 @@
+"""Generation: the KV-cache loop against full recomputation, the samplers, EOS, compile reuse.
+
+The parameters are random but large (std ~1 instead of 0.02), so the logits are spread out and
+the arg-max is decided by a wide margin: a cache bug changes tokens, rounding does not.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lumi_jax import generate
+from lumi_jax.errors import UserError
+from lumi_jax.model import forward, init_params
+
+PROMPTS = [[1, 5, 6, 7, 300], [1, 9]]  # different lengths: the batch is left-padded
+NEW_TOKENS = 20
+
+
+@pytest.fixture(scope="module")
+def spread_params(micro_config):
+    params = init_params(micro_config, jax.random.key(0))
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+
+    def spread(leaf, key):
+        if leaf.ndim == 1:  # norm scales stay 1
+            return leaf
+        std = 1.0 if leaf.shape[0] == micro_config.vocab_size else 2 / np.sqrt(leaf.shape[0])
+        return jax.random.normal(key, leaf.shape) * std
+
+    return jax.tree.unflatten(tree, [spread(leaf, key) for leaf, key in zip(leaves, keys, strict=True)])
+
+
+def greedy_by_recomputation(config, params, prompts, steps):
+    """The reference: run every whole sequence through the model again for each new token.
+
+    Rows are right-padded to one fixed length (one compilation); the model is causal, so the
+    padding after a row's last token cannot change that token's logits."""
+    length = max(map(len, prompts)) + steps
+    score = jax.jit(lambda tokens_BT: forward(config, params, tokens_BT))
+    rows, margins = [list(p) for p in prompts], []
+    for _ in range(steps):
+        tokens_BT = np.zeros((len(rows), length), np.int32)
+        for r, ids in enumerate(rows):
+            tokens_BT[r, :len(ids)] = ids
+        logits_BTV = np.asarray(score(tokens_BT))
+        for r, ids in enumerate(rows):
+            logits_V = logits_BTV[r, len(ids) - 1]
+            top_two = np.sort(logits_V)[-2:]
+            margins.append(top_two[1] - top_two[0])
+            ids.append(int(np.argmax(logits_V)))
+    return [ids[len(p):] for ids, p in zip(rows, prompts, strict=True)], min(margins)
+
+
+@pytest.fixture(scope="module")
+def greedy_batch(micro_config, spread_params):
+    return generate.generate_ids(micro_config, spread_params, PROMPTS, max_new_tokens=NEW_TOKENS,
+                                 sampling=generate.GREEDY, eos_id=-1)
+
+
+def test_cached_greedy_equals_greedy_recomputation(micro_config, spread_params, greedy_batch):
+    expected, margin = greedy_by_recomputation(micro_config, spread_params, PROMPTS, NEW_TOKENS)
+    assert margin > 1e-3, "the reference's arg-max is too close to call; spread the parameters more"
+    assert [r.new_ids for r in greedy_batch] == expected
+    assert [r.prompt_ids for r in greedy_batch] == PROMPTS
+    assert not any(r.hit_eos for r in greedy_batch)
+
+
+def test_top_k_one_equals_greedy(micro_config, spread_params, greedy_batch):
+    for seed in (0, 1):
+        sampled = generate.generate_ids(micro_config, spread_params, PROMPTS, max_new_tokens=NEW_TOKENS,
+                                        sampling=generate.Sampling(temperature=1.5, top_k=1, top_p=1.0),
+                                        seed=seed, eos_id=-1)
+        assert [r.new_ids for r in sampled] == [r.new_ids for r in greedy_batch]
+
+
+def test_sampling_depends_on_seed_and_repeats_with_it(micro_config, spread_params):
+    def draw(seed):
+        results = generate.generate_ids(micro_config, spread_params, PROMPTS, max_new_tokens=NEW_TOKENS,
+                                        sampling=generate.Sampling(temperature=1.0, top_k=0, top_p=1.0),
+                                        seed=seed, eos_id=-1)
+        return [r.new_ids for r in results]
+
+    assert draw(3) == draw(3)
+    assert draw(3) != draw(4)
+
+
+def test_top_p_keeps_the_smallest_set_over_the_mass():
+    probs = np.array([[0.05, 0.5, 0.15, 0.3]])  # sorted: 0.5, 0.3, 0.15, 0.05
+    logits = jnp.log(jnp.asarray(probs))
+
+    def kept(top_p, top_k=0):
+        out = generate.filter_logits(logits, jnp.float32(1.0), jnp.int32(top_k), jnp.float32(top_p))
+        return set(np.flatnonzero(np.isfinite(np.asarray(out[0]))).tolist())
+
+    assert kept(0.4) == {1}  # 0.5 alone reaches 0.4
+    assert kept(0.5) == {1}  # exactly reached: no second token
+    assert kept(0.7) == {1, 3}  # 0.5 + 0.3
+    assert kept(0.81) == {1, 3, 2}
+    assert kept(1.0) == {0, 1, 2, 3}
+    assert kept(1.0, top_k=2) == {1, 3}
+    assert kept(0.9, top_k=2) == {1, 3}  # top-p works on what top-k left
+
+
+def test_sampled_tokens_stay_inside_the_kept_set():
+    logits = jnp.log(jnp.asarray([[0.05, 0.5, 0.15, 0.3]] * 256))
+    tokens = generate.sample_tokens(logits, jax.random.key(0), jnp.float32(1.0), jnp.int32(0),
+                                    jnp.float32(0.7), jnp.bool_(False))
+    drawn = set(np.asarray(tokens).tolist())
+    assert drawn == {1, 3}
+
+
+def test_generation_stops_at_eos(micro_config, spread_params, greedy_batch):
+    # Declare a token the first row produces as "EOS": that row must stop just before it,
+    # while the other row (which never produces it) runs on unchanged.
+    first_row = greedy_batch[0].new_ids
+    stop_token = first_row[6]
+    assert stop_token not in greedy_batch[1].new_ids, "pick a stop token only the first row makes"
+    stopped = generate.generate_ids(micro_config, spread_params, PROMPTS, max_new_tokens=NEW_TOKENS,
+                                    sampling=generate.GREEDY, eos_id=stop_token)
+    assert stopped[0].hit_eos
+    assert stopped[0].new_ids == first_row[: first_row.index(stop_token)]
+    assert stopped[1].new_ids == greedy_batch[1].new_ids and not stopped[1].hit_eos
+
+
+def test_same_buckets_reuse_the_compiled_loop(micro_config, spread_params, greedy_batch):
+    before = generate.compiled_count()
+    for prompts, new_tokens in (([[1, 4]], 5), ([[1, 4, 4, 4, 4, 4], [1, 8, 9]], 17), ([[1] * 8], 9)):
+        generate.generate_ids(micro_config, spread_params, prompts, max_new_tokens=new_tokens,
+                              sampling=generate.Sampling(temperature=0.7, top_k=5))
+    # batch 1 (prompts ≤ 8, ≤ 16 new tokens) is one new bucket; batch 2, prompts ≤ 8, ≤ 32 new tokens reuse
+    # the fixture's.
+    assert generate.compiled_count() - before == 1
+
+
+def test_streaming_delivers_every_token_in_order(micro_config, spread_params, greedy_batch):
+    seen: list[tuple[int, list[int]]] = []
+    results = generate.generate_ids(micro_config, spread_params, PROMPTS, max_new_tokens=NEW_TOKENS,
+                                    sampling=generate.GREEDY, eos_id=-1,
+                                    on_token=lambda step, tokens: seen.append((step, tokens.tolist())))
+    assert [step for step, _ in seen] == list(range(NEW_TOKENS))
+    assert [tokens[0] for _, tokens in seen] == results[0].new_ids == greedy_batch[0].new_ids
+
+
+def test_long_prompts_keep_their_end_and_bad_settings_are_refused(micro_config, spread_params):
+    long_prompt = list(range(3, 3 + micro_config.max_seq_len + 10))
+    (result,) = generate.generate_ids(micro_config, spread_params, [long_prompt], max_new_tokens=4)
+    assert result.prompt_ids == long_prompt[-(micro_config.max_seq_len - 4):]
+    with pytest.raises(UserError, match="max new tokens"):
+        generate.generate_ids(micro_config, spread_params, PROMPTS, max_new_tokens=micro_config.max_seq_len)
+    with pytest.raises(UserError, match="top-p"):
+        generate.generate_ids(micro_config, spread_params, PROMPTS, max_new_tokens=4,
+                              sampling=generate.Sampling(top_p=0))
+    with pytest.raises(UserError, match="outside"):
+        generate.generate_ids(micro_config, spread_params, [[1, micro_config.vocab_size]], max_new_tokens=4)
