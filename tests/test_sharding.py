@@ -1,0 +1,118 @@
+"""Sharding: the mesh and partition rule, and 4 simulated devices training exactly like 1.
+
+The 4-device half runs in a subprocess started with
+XLA_FLAGS=--xla_force_host_platform_device_count=4 (the device count is fixed at JAX start-up).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from jax.sharding import PartitionSpec
+
+from lumi_jax import sharding as shard
+from lumi_jax.config import TrainConfig
+from lumi_jax.data.prepare import prepare_dataset
+from lumi_jax.errors import UserError
+from lumi_jax.metrics import read_metrics
+from lumi_jax.train import enable_compilation_cache, train
+
+CONFIG = TrainConfig(steps=8, batch_size=8, context=32, lr=3e-3, warmup=2, min_lr=3e-4,
+                     eval_every=4, eval_batches=2, save_every=100, log_every=1)
+REPO = Path(__file__).resolve().parent.parent
+
+FOUR_DEVICE_SCRIPT = textwrap.dedent("""
+    import dataclasses, json, sys
+    import jax
+    from lumi_jax import sharding as shard
+    from lumi_jax.config import TrainConfig, load_model_config
+    from lumi_jax.errors import UserError
+    from lumi_jax.metrics import read_metrics
+    from lumi_jax.optim import make_optimizer
+    from lumi_jax.train import initial_state, train
+
+    data, out, config = sys.argv[1], sys.argv[2], TrainConfig(**json.loads(sys.argv[3]))
+    micro = load_model_config("micro")
+    report = {"devices": jax.device_count()}
+    for name, fsdp in (("data", 1), ("fsdp", 4)):
+        layout = dataclasses.replace(config, mesh_fsdp=fsdp)
+        train(layout, micro, data, f"{out}/{name}", show_progress=False)
+        report[name] = read_metrics(f"{out}/{name}/metrics.jsonl")
+    mesh = shard.make_mesh(0, 4)
+    state, _ = initial_state(micro, config, make_optimizer(config), mesh)
+    report["embedding_spec"] = str(state.params["embed"]["embedding"].sharding.spec)
+    report["adam_moment_spec"] = str(jax.tree.leaves(state.opt_state)[1].sharding.spec)
+    try:
+        train(dataclasses.replace(config, batch_size=6), micro, data, f"{out}/odd", show_progress=False)
+    except UserError as error:
+        report["odd_batch_error"] = str(error)
+    print(json.dumps(report))
+""")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache():
+    enable_compilation_cache()
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "sample"
+    prepare_dataset("sample", out, vocab_size=512, size_mb=0.2, log=None)
+    return out
+
+
+def test_mesh_spec_parsing():
+    assert shard.parse_mesh_spec("data=4") == (4, 1)
+    assert shard.parse_mesh_spec("data=2,fsdp=2") == (2, 2)
+    assert shard.parse_mesh_spec("fsdp=4") == (0, 4)
+    with pytest.raises(UserError, match="expected data=N,fsdp=M"):
+        shard.parse_mesh_spec("data=two")
+
+
+def test_partition_rule_splits_the_largest_divisible_dimension():
+    assert shard.leaf_spec((512, 64), fsdp=4) == PartitionSpec("fsdp", None)
+    assert shard.leaf_spec((64, 192), fsdp=4) == PartitionSpec(None, "fsdp")
+    assert shard.leaf_spec((64,), fsdp=4) == PartitionSpec()  # norm scales: too small to split
+    assert shard.leaf_spec((1023, 7), fsdp=4) == PartitionSpec()  # nothing divides
+    assert shard.leaf_spec((512, 64), fsdp=1) == PartitionSpec()
+
+
+def test_mesh_that_does_not_fit_the_devices_is_refused():
+    mesh = shard.make_mesh()
+    shard.check_batch_divides(8, 2, mesh)  # one device: anything divides
+    with pytest.raises(UserError, match="fsdp=3 does not divide"):
+        shard.make_mesh(fsdp=3)
+
+
+def test_four_devices_train_like_one_in_data_and_fsdp_layouts(micro_config, dataset_dir, tmp_path):
+    one = tmp_path / "one"
+    train(CONFIG, micro_config, dataset_dir, one, show_progress=False)
+    reference = read_metrics(one / "metrics.jsonl")
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    result = subprocess.run(
+        [sys.executable, "-c", FOUR_DEVICE_SCRIPT, str(dataset_dir), str(tmp_path / "four"),
+         json.dumps(dataclasses.asdict(CONFIG))],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["devices"] == 4
+    for layout in ("data", "fsdp"):
+        got = report[layout]
+        assert [r["step"] for r in got] == [r["step"] for r in reference]
+        for mine, theirs in zip(reference, got, strict=True):
+            for key in ("loss", "grad_norm", "val_loss"):
+                if key in mine:
+                    assert theirs[key] == pytest.approx(mine[key], rel=1e-4, abs=1e-6), (layout, mine["step"], key)
+    assert "fsdp" in report["embedding_spec"]  # parameters really are split in the FSDP layout
+    assert "fsdp" in report["adam_moment_spec"]  # and so are the optimizer moments
+    assert "does not divide among 4 devices" in report["odd_batch_error"]
