@@ -42,6 +42,14 @@ OUT ?= data/sample
 prepare: $(STAMP) ## tokenise SOURCE (default sample) into OUT (default data/sample); VOCAB, SIZE_MB, SEED, FORCE=1
 	$(PY) -m lumi_jax.cli prepare --source '$(SOURCE)' --out '$(OUT)' $(if $(VOCAB),--vocab-size '$(VOCAB)') $(if $(SIZE_MB),--size-mb '$(SIZE_MB)') $(if $(SEED),--seed '$(SEED)') $(if $(FORCE),--force)
 
+# Training: `make train MODEL=tiny DATA=data/sample RUN=runs/tiny`. RECIPE (quick, prototype,
+# experiment or a JSON path), STEPS, BUDGET (minutes) and RESUME=1 are optional; an existing RUN continues.
+TRAIN_MODEL = $(or $(MODEL),tiny)
+
+.PHONY: train
+train: $(STAMP) ## train MODEL (tiny) on DATA (data/sample) into RUN (runs/MODEL); RECIPE, STEPS, BUDGET, RESUME=1
+	$(PY) -m lumi_jax.cli train --model '$(TRAIN_MODEL)' --data '$(or $(DATA),data/sample)' --out '$(or $(RUN),runs/$(TRAIN_MODEL))' $(if $(RECIPE),--recipe '$(RECIPE)') $(if $(STEPS),--steps '$(STEPS)') $(if $(BUDGET),--time-budget '$(BUDGET)') $(if $(RESUME),--resume)
+
 clean: ## remove caches and temporary files (never data, runs, checkpoints or session logs)
 	find . -path ./$(VENV) -prune -o -type d \( -name __pycache__ -o -name .pytest_cache -o -name .ruff_cache \) -print | xargs rm -rf
 	rm -rf build dist *.egg-info .tmp

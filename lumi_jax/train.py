@@ -383,6 +383,10 @@ def train(
         "versions": versions(),
         "init_from": init_from if not existing else stored.get("init_from"),
     }
+    if jax.process_count() > 1:  # every host has decided new-or-resume before host 0 writes
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("lumi train: run directory checked")
     if is_writer:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(config_path, run_config)  # on resume: the new steps / budget, same identity
