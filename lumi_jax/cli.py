@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("lumi_jax.data.prepare", "read a text source, train a tokenizer, write data/NAME token files"),
     "data-info": ("lumi_jax.data.info", "sizes, token counts and decoded samples of a prepared dataset"),
     "train": ("lumi_jax.train", "train a model on a prepared dataset into runs/NAME (resumable, time-boxed)"),
+    "sft": ("lumi_jax.sft", "fine-tune a pretrained run on instruction data (responses only; optional LoRA)"),
     "generate": ("lumi_jax.generate", "continue prompts with a trained run (KV cache, sampling, streaming, --chat)"),
 }
 

@@ -217,7 +217,10 @@ def read_jsonl(path: Path, errors: str = "strict") -> tuple[list[Document], Text
                             "each line must be one JSON object") from None
         if not isinstance(record, dict):
             raise UserError(f"{path}: line {line_number} is not a JSON object; each line must be one object")
-        document, kind = _match_jsonl_format(record)
+        try:
+            document, kind = _match_jsonl_format(record)
+        except UserError as error:  # a record of a known shape with a bad field
+            raise UserError(f"{path}: line {line_number}: {error}") from None
         if document is None:
             shapes = ", ".join(_JSONL_FORMATS)
             raise UserError(f"{path}: line {line_number} has no recognised fields "
@@ -227,11 +230,12 @@ def read_jsonl(path: Path, errors: str = "strict") -> tuple[list[Document], Text
             raise UserError(f"{path}: line {line_number} is a {kind} record after {kind_seen} records; "
                             "keep one kind of record per file")
         kind_seen = kind
-        # JSON strings may carry CR or control characters too: normalise each segment.
-        segments = tuple((normalise_text(text), is_target) for text, is_target in document.segments)
-        document = Document(segments)
-        if document.text.strip():
-            documents.append(document)
+        # A record may give several documents (a chat: one example per assistant turn).
+        for one in document if isinstance(document, list) else [document]:
+            # JSON strings may carry CR or control characters too: normalise each segment.
+            normalised = Document(tuple((normalise_text(text), is_target) for text, is_target in one.segments))
+            if normalised.text.strip():
+                documents.append(normalised)
     return documents, stats, kind_seen or "text"
 
 

@@ -1,0 +1,203 @@
+"""Fine-tuning: the template, the loss mask, truncation, `lumi sft` from a pretrained run, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from lumi_jax import cli, sft
+from lumi_jax.config import TrainConfig
+from lumi_jax.data import loader
+from lumi_jax.data.instructions import held_out_examples
+from lumi_jax.data.prepare import prepare_dataset
+from lumi_jax.lora import adapter_names
+from lumi_jax.model import init_params
+from lumi_jax.run import load_run
+from lumi_jax.tokenizer import BOS_ID, EOS_ID, Tokenizer
+from lumi_jax.train import enable_compilation_cache, loss_sums, train
+
+CONTEXT = 64
+SFT_FLAGS = ["--steps", "3", "--batch-size", "4", "--context", str(CONTEXT), "--warmup", "1",
+             "--eval-every", "0", "--save-every", "3", "--eval-examples", "8", "--quiet"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache():
+    enable_compilation_cache()
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, micro_config):
+    """A micro run pretrained for two steps on sample stories (enough to be a real run)."""
+    root = tmp_path_factory.mktemp("sft")
+    prepare_dataset("sample", root / "stories", vocab_size=512, size_mb=0.2, log=None)
+    config = TrainConfig(steps=2, batch_size=4, context=CONTEXT, warmup=1, eval_every=0, save_every=2, log_every=1)
+    train(config, micro_config, root / "stories", root / "pre", show_progress=False)
+    return root / "pre"
+
+
+@pytest.fixture(scope="module")
+def instructions_dir(pretrained):
+    out = pretrained.parent / "instr"
+    prepare_dataset("sample-instructions", out, tokenizer=pretrained / "tokenizer.model", size_mb=0.05, log=None)
+    return out
+
+
+def run_cli(argv, capsys):
+    """(exit status, stderr) of `lumi ARGV` run in process."""
+    try:
+        status = cli.main(argv)
+    except SystemExit as exit_info:
+        status = exit_info.code
+    return status, capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# The template.
+
+
+def test_template_round_trip():
+    for instruction, input_text in (("Reverse the list.", "cat, dog"), ("What is 2 plus 3?", "")):
+        prompt, target = sft.format_example(instruction, input_text, "the answer")
+        assert prompt.endswith(sft.RESPONSE_MARKER)
+        assert (sft.INPUT_HEADER in prompt) == bool(input_text)
+        assert sft.parse_example(prompt + target) == (instruction, input_text, "the answer")
+    assert sft.format_prompt("Say hi.") == "### Instruction:\nSay hi.\n\n### Response:\n"
+
+
+def test_chat_prompt_uses_the_same_sections():
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "Bye"}]
+    assert sft.format_chat_prompt(messages[:1]) == sft.format_prompt("Hi")
+    assert sft.format_chat_prompt(messages) == (
+        "### Instruction:\nHi\n\n### Response:\nHello.\n\n### Instruction:\nBye\n\n### Response:\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss mask.
+
+
+def test_mask_covers_responses_and_eos_only(instructions_dir):
+    dataset = loader.TokenDataset(instructions_dir)
+    tokenizer = Tokenizer.load(dataset.tokenizer_path)
+    split = dataset.split("val")
+    tokens, mask = np.asarray(split.tokens), np.asarray(split.mask)
+    starts, ends = sft.example_bounds(tokens)
+    examples = held_out_examples(instructions_dir)
+    assert len(starts) == len(examples)
+    for start, end, example in list(zip(starts, ends, examples, strict=True))[:50]:
+        ids, weights = tokens[start:end], mask[start:end]
+        assert ids[0] == BOS_ID and weights[0] == 0 and ids[-1] == EOS_ID and weights[-1] == 1
+        assert tokenizer.decode(ids[1:][weights[1:] == 0]) == example["prompt"]
+        assert tokenizer.decode(ids[:-1][weights[:-1] == 1]) == example["response"]
+        # prompt first, then response: one boundary, no interleaving
+        assert np.all(np.diff(weights[1:].astype(int)) >= 0)
+
+
+def test_prompt_tokens_carry_zero_weight_in_the_loss(instructions_dir, micro_config):
+    """Changing every target that sits on a prompt token leaves the training loss unchanged."""
+    split = loader.TokenDataset(instructions_dir).split("train")
+    batch = loader.train_batch(split, seed=0, step=0, batch_size=4, context=CONTEXT)
+    prompt_positions = batch.weights == 0
+    assert prompt_positions.any() and (~prompt_positions).any()
+    scrambled = np.where(prompt_positions, (batch.targets + 7) % micro_config.vocab_size, batch.targets)
+    params = init_params(micro_config, jax.random.key(0))
+    loss = jax.jit(loss_sums, static_argnums=1)
+    nats, weight = loss(params, micro_config, batch.inputs, batch.targets, batch.weights)
+    nats_scrambled, _ = loss(params, micro_config, batch.inputs, scrambled, batch.weights)
+    assert float(weight) == float((~prompt_positions).sum())
+    assert float(nats) == float(nats_scrambled)
+    # ...while changing a response target does change it (the check can fail).
+    changed = np.where(~prompt_positions, (batch.targets + 7) % micro_config.vocab_size, batch.targets)
+    assert float(loss(params, micro_config, batch.inputs, changed, batch.weights)[0]) != float(nats)
+
+
+# ---------------------------------------------------------------------------------------------
+# Truncation of examples longer than the context.
+
+
+def test_truncation_drops_prompt_tokens_first():
+    tokens = np.array([BOS_ID, 10, 11, 12, 13, 14, 20, 21, EOS_ID])
+    mask = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1], np.uint8)
+    kept, kept_mask, what = sft.truncate_example(tokens, mask, 6)
+    assert what == "prompt"
+    assert kept.tolist() == [BOS_ID, 13, 14, 20, 21, EOS_ID] and kept_mask.tolist() == [0, 0, 0, 1, 1, 1]
+    kept, _, what = sft.truncate_example(tokens, mask, 3)
+    assert what == "response" and kept.tolist() == [BOS_ID, 20, 21]
+    assert sft.truncate_example(tokens, mask, 9)[2] == ""
+
+
+def test_long_examples_are_truncated_in_a_copy_and_counted(instructions_dir, tmp_path):
+    before = (instructions_dir / "train.bin").read_bytes()
+    logged = []
+    path, report = sft.fit_to_context(instructions_dir, 40, tmp_path / "copy", logged.append)
+    assert path == tmp_path / "copy"
+    assert (instructions_dir / "train.bin").read_bytes() == before  # the original is untouched
+    assert report["truncated_prompt"]["train"] > 0 and "truncated from the prompt side" in logged[0]
+    copy = loader.TokenDataset(path)
+    tokens = np.asarray(copy.split("train").tokens)
+    starts, ends = sft.example_bounds(tokens)
+    assert len(starts) == report["examples"]["train"] and np.all(ends - starts <= 41)
+    assert copy.meta["train_tokens"] == len(tokens)
+    # A context that fits everything trains on the dataset itself.
+    assert sft.fit_to_context(instructions_dir, 512, tmp_path / "unused", logged.append)[0] == instructions_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# `lumi sft`.
+
+
+def test_sft_starts_from_the_pretrained_run_and_keeps_its_tokenizer(pretrained, instructions_dir, capsys):
+    out = pretrained.parent / "ft"
+    status, err = run_cli(["sft", "--from", str(pretrained), "--data", str(instructions_dir), "--out", str(out),
+                           *SFT_FLAGS], capsys)
+    assert status == 0, err
+    base, tuned = load_run(pretrained), load_run(out)
+    assert tuned.step == 3
+    assert tuned.tokenizer.sha256 == base.tokenizer.sha256
+    assert json.loads((out / "config.json").read_text())["init_from"] == str(pretrained)
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), base.params, tuned.params)
+    assert all(jax.tree.leaves(changed))  # full fine-tuning moves every tensor
+    report = json.loads((out / "sft.json").read_text())
+    assert report["method"] == "full"
+    assert report["held_out_exact_match"]["before"]["total"] == 8
+    assert report["held_out_exact_match"]["after"]["total"] == 8
+
+
+def test_lora_sft_changes_only_the_adapted_matrices(pretrained, instructions_dir, capsys):
+    out = pretrained.parent / "lora"
+    status, err = run_cli(["sft", "--from", str(pretrained), "--data", str(instructions_dir), "--out", str(out),
+                           "--lora-rank", "2", "--lr", "0.01", *SFT_FLAGS], capsys)
+    assert status == 0, err
+    base, tuned = load_run(pretrained), load_run(out)
+    flat_base = {"/".join(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(base.params)}
+    flat_tuned = {"/".join(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tuned.params)}
+    adapted = {f"{name}/kernel" for name in adapter_names(base.params)}
+    for name, leaf in flat_base.items():
+        assert np.array_equal(leaf, flat_tuned[name]) == (name not in adapted), name
+    assert json.loads((out / "config.json").read_text())["lora"]["rank"] == 2
+
+
+def test_mismatched_tokenizer_is_refused(pretrained, capsys):
+    other = pretrained.parent / "instr-other-tokenizer"
+    prepare_dataset("sample-instructions", other, vocab_size=512, size_mb=0.05, log=None)
+    out = pretrained.parent / "never"
+    status, err = run_cli(["sft", "--from", str(pretrained), "--data", str(other), "--out", str(out), *SFT_FLAGS], capsys)
+    assert status == 2
+    assert "another tokenizer" in err and f"--tokenizer {pretrained}/tokenizer.model" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_missing_pretrained_run_is_refused(tmp_path, instructions_dir, capsys):
+    status, err = run_cli(["sft", "--from", str(tmp_path / "nope"), "--data", str(instructions_dir),
+                           "--out", str(tmp_path / "out"), *SFT_FLAGS], capsys)
+    assert status == 2 and "no such run directory" in err and not (tmp_path / "out").exists()
+
+
+def test_plain_text_data_is_refused(pretrained, capsys):
+    status, err = run_cli(["sft", "--from", str(pretrained), "--data", str(pretrained.parent / "stories"),
+                           "--out", str(pretrained.parent / "never2"), *SFT_FLAGS], capsys)
+    assert status == 2 and "not instructions" in err
