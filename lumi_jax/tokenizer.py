@@ -161,7 +161,7 @@ def _train_bytes(lines: list[str], vocab_size: int) -> bytes:
         if too_high:
             raise UserError(f"vocab size {vocab_size} is too large for this corpus: the largest that works "
                             f"is {too_high.group(2)}; pass --vocab-size {too_high.group(2)} or less "
-                            "(or give more text)") from None
+                            "(BPE pieces stay inside words: more varied text allows more)") from None
         too_small = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
         if too_small:
             raise UserError(f"vocab size {vocab_size} is too small for this corpus: it needs at least "
