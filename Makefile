@@ -50,6 +50,17 @@ TRAIN_MODEL = $(or $(MODEL),tiny)
 train: $(STAMP) ## train MODEL (tiny) on DATA (data/sample) into RUN (runs/MODEL); RECIPE, STEPS, BUDGET, RESUME=1
 	$(PY) -m lumi_jax.cli train --model '$(TRAIN_MODEL)' --data '$(or $(DATA),data/sample)' --out '$(or $(RUN),runs/$(TRAIN_MODEL))' $(if $(RECIPE),--recipe '$(RECIPE)') $(if $(STEPS),--steps '$(STEPS)') $(if $(BUDGET),--time-budget '$(BUDGET)') $(if $(RESUME),--resume)
 
+# Fine-tuning: `make sft FROM=runs/tiny RUN=runs/tiny-sft`. Without DATA, the sample instructions
+# are prepared first with FROM's tokenizer (into data/instructions-FROMNAME); STEPS, BUDGET
+# (minutes) and LORA_RANK are optional.
+SFT_FROM = $(or $(FROM),runs/tiny)
+SFT_DATA = $(or $(DATA),data/instructions-$(notdir $(SFT_FROM)))
+
+.PHONY: sft
+sft: $(STAMP) ## fine-tune FROM (runs/tiny) on DATA (sample instructions) into RUN (FROM-sft); STEPS, BUDGET, LORA_RANK
+	test -d '$(SFT_DATA)' || $(PY) -m lumi_jax.cli prepare --source sample-instructions --out '$(SFT_DATA)' --tokenizer '$(SFT_FROM)/tokenizer.model'
+	$(PY) -m lumi_jax.cli sft --from '$(SFT_FROM)' --data '$(SFT_DATA)' --out '$(or $(RUN),$(SFT_FROM)-sft)' $(if $(STEPS),--steps '$(STEPS)') $(if $(BUDGET),--time-budget '$(BUDGET)') $(if $(LORA_RANK),--lora-rank '$(LORA_RANK)')
+
 clean: ## remove caches and temporary files (never data, runs, checkpoints or session logs)
 	find . -path ./$(VENV) -prune -o -type d \( -name __pycache__ -o -name .pytest_cache -o -name .ruff_cache \) -print | xargs rm -rf
 	rm -rf build dist *.egg-info .tmp

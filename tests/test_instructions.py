@@ -139,3 +139,8 @@ def test_bad_instruction_records_fail_clearly(tmp_path, capsys, record, expected
     assert message.startswith("error: ") and "line 1" in message and expected in message
     assert len(message.splitlines()) == 1
     assert not out.exists()
+
+
+def test_any_first_held_out_examples_cover_every_family(split):
+    _, val = split
+    assert {e.family for e in val[:len(instructions.FAMILIES)]} == set(instructions.FAMILIES)

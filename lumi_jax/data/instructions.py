@@ -239,7 +239,7 @@ def generate_split(train_count: int, val_count: int, seed: int) -> tuple[list[Ex
     """(training examples, held-out examples): disjoint combinations, each split its own stream.
 
     Training examples may repeat (a fact worth seeing twice); held-out examples are distinct
-    prompts, spread evenly over the four families.
+    prompts, spread evenly over the four families and interleaved (any first N cover them all).
     """
     if train_count < 1 or val_count < len(FAMILIES):
         raise UserError(f"asked for {train_count} training and {val_count} held-out examples; "
@@ -268,7 +268,19 @@ def generate_split(train_count: int, val_count: int, seed: int) -> tuple[list[Ex
                 chosen += 1
         else:
             raise AssertionError(f"could not draw {count} held-out {family} examples")
-    return train, val
+    return train, interleave_families(val)
+
+
+def interleave_families(examples: list[Example]) -> list[Example]:
+    """Round-robin over the families, so that any first N held-out examples cover them all."""
+    by_family: dict[str, list[Example]] = {}
+    for example in examples:
+        by_family.setdefault(example.family, []).append(example)
+    queues = list(by_family.values())
+    ordered = []
+    for index in range(max(map(len, queues))):
+        ordered.extend(queue[index] for queue in queues if index < len(queue))
+    return ordered
 
 
 def load_sample_instructions(spec: str, options: SourceOptions) -> Corpus:
