@@ -4,8 +4,8 @@
 words of the `sample` stories (their names, things, colours, places and feelings), with short,
 systematic answers a ~6M model can learn:
 
-    arithmetic   add, subtract, the bigger / smaller of two numbers, the number after / before
-    lists        reverse a list, its first or last item, how many items
+    arithmetic   add or subtract 1 to 3, the bigger / smaller of two numbers to 19, the number after / before
+    lists        reverse a list of three, its first or last item, how many items
     story world  questions answered by a two-sentence story: whose thing, what color, where, how
     formats      fields to JSON, fields to key=value, a list to bullet points
 
@@ -78,7 +78,11 @@ THINGS = [t for t in world.THINGS if " " not in t]
 ITEMS = THINGS + world.ANIMALS + world.FOODS
 PLACES = list(world.PLACES)
 FEELINGS = world.FEELINGS_GOOD + world.FEELINGS_BAD
-SMALL_NUMBER = 10  # add and subtract use 0..SMALL_NUMBER: a fact table a tiny model can hold
+# Arithmetic stays within a fact table a tiny model can hold and rules it can find: sums of a
+# digit and a step of 1 to 3, comparisons up to 19, neighbours of two-digit numbers.
+LARGEST_DIGIT = 9
+LARGEST_STEP = 3
+LARGEST_COMPARED = 19
 
 
 def _pick(rng: random.Random, options: Sequence, exclude=()) -> object:
@@ -105,21 +109,21 @@ BEFORE = ["What number comes before {n}?", "Count one down from {n}."]
 
 
 def add(rng):
-    a, b = rng.randint(0, SMALL_NUMBER), rng.randint(0, SMALL_NUMBER)
+    a, b = rng.randint(0, LARGEST_DIGIT), rng.randint(1, LARGEST_STEP)
     index, text = _phrasing(rng, ADD)
     return Example("arithmetic", "add", text.format(a=a, b=b), "", str(a + b), ("add", index, a, b))
 
 
 def subtract(rng):
-    a = rng.randint(0, SMALL_NUMBER)
-    b = rng.randint(0, a)
+    b = rng.randint(1, LARGEST_STEP)
+    a = rng.randint(b, LARGEST_DIGIT + LARGEST_STEP)
     index, text = _phrasing(rng, SUBTRACT)
     return Example("arithmetic", "subtract", text.format(a=a, b=b), "", str(a - b), ("subtract", index, a, b))
 
 
 def compare(rng):
-    a = rng.randint(0, 99)
-    b = _pick(rng, range(100), exclude=(a,))
+    a = rng.randint(0, LARGEST_COMPARED)
+    b = _pick(rng, range(LARGEST_COMPARED + 1), exclude=(a,))
     task, phrasings, answer = rng.choice([("bigger", BIGGER, max(a, b)), ("smaller", SMALLER, min(a, b))])
     index, text = _phrasing(rng, phrasings)
     return Example("arithmetic", task, text.format(a=a, b=b), "", str(answer), (task, index, a, b))
@@ -143,7 +147,7 @@ LIST_TASKS = {  # task -> (phrasings, answer from the items)
 def list_task(rng):
     task = rng.choice(list(LIST_TASKS))
     phrasings, answer = LIST_TASKS[task]
-    items = rng.sample(ITEMS, rng.randint(3, 4) if task == "reverse" else rng.randint(2, 5))
+    items = rng.sample(ITEMS, 3 if task == "reverse" else rng.randint(2, 5))
     index, text = _phrasing(rng, phrasings)
     output = answer(items)
     # first/last: never this phrasing answered with this item; reverse/count: never this list.
