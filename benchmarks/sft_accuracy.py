@@ -56,8 +56,8 @@ def main() -> int:
                         help="tokenizer size (the tiny shape otherwise); the sample stories have too few distinct "
                              "pieces for tiny's 4096 at the time of writing")
     parser.add_argument("--sft-minutes", type=float, default=15.0)
-    parser.add_argument("--sft-batch", type=int, default=8)
-    parser.add_argument("--sft-context", type=int, default=128)
+    parser.add_argument("--sft-batch", type=int, default=4)
+    parser.add_argument("--sft-context", type=int, default=256)
     parser.add_argument("--sft-lr", type=float, default=2e-3)
     parser.add_argument("--sft-steps", type=int, help="default: what fits the budget at the pretraining throughput")
     parser.add_argument("--name", default="sft_bench", help="prefix of the data/ and runs/ directories")
