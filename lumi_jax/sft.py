@@ -295,6 +295,8 @@ def fine_tune(from_run: str | Path, data_dir: str | Path, out_dir: str | Path, t
     else:
         summary = train(train_config, pretrained.model_config, train_data, out_dir,
                         init_params=pretrained.params, init_from=str(from_run), show_progress=show_progress)
+        if summary["stop_reason"] == "nan":
+            raise UserError(summary["message"])
 
     after = None
     if examples:
