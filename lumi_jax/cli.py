@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lumi_jax.train", "train a model on a prepared dataset into runs/NAME (resumable, time-boxed)"),
     "sft": ("lumi_jax.sft", "fine-tune a pretrained run on instruction data (responses only; optional LoRA)"),
     "generate": ("lumi_jax.generate", "continue prompts with a trained run (KV cache, sampling, streaming, --chat)"),
+    "evaluate": ("lumi_jax.evaluate", "validation loss, perplexity, bits per byte, baselines and samples into eval.json/eval.md"),
 }
 
 
