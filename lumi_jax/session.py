@@ -33,6 +33,18 @@ class TimedSession:
 
 
 TIMED_SESSIONS: dict[str, TimedSession] = {
+    "quick": TimedSession(
+        30, "check the environment, prepare a small sample dataset, check that training is reproducible, "
+        "train the micro model until its loss falls clearly, evaluate it (< 5 min on 2 CPU cores)",
+        "data/sample-v512-2mb-seed0/, runs/quick-STAMP/"),
+    "prototype": TimedSession(
+        120, "prepare the sample corpus (or DATA), train the ~6M tiny model for 1000 steps, evaluate it "
+        "with curves and samples, check its architecture",
+        "data/sample-v4096-seed0/ (or one for DATA), runs/prototype-STAMP/ with eval.md and curves.png"),
+    "experiment": TimedSession(
+        240, "pretrain the ~42M small model within its share of the budget, fine-tune it on instructions, "
+        "evaluate both (held-out exact match before and after)",
+        "data/ for the text and the instructions, runs/experiment-STAMP/ and runs/experiment-STAMP-sft/"),
     "architecture": TimedSession(
         30, "validate every model config, estimate memory against this device, compare with reference "
         "models, suggest changes", "a session log and record"),
@@ -40,6 +52,7 @@ TIMED_SESSIONS: dict[str, TimedSession] = {
 
 # name -> (module, one-line help). Each module has add_arguments(parser) and run(args) -> int.
 TOOLS: dict[str, tuple[str, str]] = {
+    "debug": ("lumi_jax.sessions.debug", "an interactive menu: diagnostics, smoke test, monitor, disk, cleanup, errors"),
     "status": ("lumi_jax.sessions.status", "datasets, runs, the latest session, disk, device, and what to run next"),
     "monitor": ("lumi_jax.sessions.monitor", "a live table of CPU, memory, disk, accelerator and lumi processes"),
     "check-env": ("lumi_jax.sessions.env_check", "Python, packages, devices, memory, disk and permissions"),
@@ -153,7 +166,7 @@ def check_timed_options(name: str, args: argparse.Namespace) -> None:
             raise UserError(f"DATA / --data applies to training sessions, not '{name}'; leave it unset")
     if args.config is not None:
         if name == "architecture":
-            from lumi_jax.sessions.plans import config_files
+            from lumi_jax.sessions.config_review import config_files
 
             config_files(args.config)  # exists; each file is validated, and reported, by the session
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -173,13 +174,15 @@ def test_status_lists_datasets_runs_and_the_latest_session(project, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["architecture", "--time", "abc"], "'abc' is not a number of minutes"),
-    (["architecture", "--time", "-5"], "not a usable budget"),
-    (["architecture", "--model", "runs/does-not-exist"], "no such run directory"),
+    (["quick", "--time", "abc"], "'abc' is not a number of minutes"),
+    (["prototype", "--time", "-5"], "not a usable budget"),
+    (["quick", "--model", "runs/does-not-exist"], "no such run directory"),
     (["nonsense"], "unknown session 'nonsense'"),
-    (["architecture", "--data", "no/such/file.txt"], "no such file"),
+    (["prototype", "--data", "no/such/file.txt"], "no such file"),
+    (["prototype", "--config", "no-such-model"], "no such model config"),
     (["architecture", "--config", "no-such-model"], "no such file or directory"),
-    (["architecture", "--seed", "x"], "not a whole number"),
+    (["quick", "--seed", "x"], "not a whole number"),
+    (["quick", "--steps", "0"], "must be positive"),
 ])
 def test_bad_values_give_one_clear_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -191,17 +194,19 @@ def test_bad_values_give_one_clear_line_and_exit_2(tmp_path, monkeypatch, capsys
     assert list(tmp_path.iterdir()) == []  # nothing created for a typo
 
 
-def test_make_passes_session_time_through_and_python_refuses_it(tmp_path):
-    dry_run = subprocess.run(["make", "-n", "session-architecture", "SESSION_TIME=abc", "CONFIG=micro"],
-                             cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
-    assert "-m lumi_jax.session architecture --time 'abc' --config 'micro'" in dry_run
-    dry_run = subprocess.run(["make", "-n", "session-architecture"],
-                             cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
-    assert "--config" not in dry_run  # the Makefile's own CONFIG default is not a user choice
-    result = subprocess.run([sys.executable, "-m", "lumi_jax.session", "architecture", "--time", "abc"],
+def test_make_passes_session_settings_through_and_python_refuses_bad_ones(tmp_path):
+    def dry_run(*args: str) -> str:
+        return subprocess.run(["make", "-n", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=True).stdout
+
+    assert "-m lumi_jax.session quick --time 'abc' --config 'micro' --data 'notes.txt'" in dry_run(
+        "session-quick", "SESSION_TIME=abc", "CONFIG=micro", "DATA=notes.txt", "MODEL_PATH=runs/x")
+    assert "--config" not in dry_run("session-architecture")  # the Makefile's own CONFIG default is not a choice
+    result = subprocess.run([sys.executable, "-m", "lumi_jax.session", "quick", "--time", "abc"],
                             cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "SESSION_TIME" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,3 +233,29 @@ def test_architecture_session_fails_on_an_invalid_config(tmp_path, monkeypatch):
     record = json.loads(record_path.read_text())
     assert record["status"] == "failed" and record["failed_step"] == "validate configs"
     assert "n_heads" in record["error"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the debug menu (the smoke test, choice 2, runs in the quick-session tests)
+
+
+def test_debug_menu_choices_each_do_their_job(project, monkeypatch, capsys):
+    write(project / "sessions/20200103_000000.json", json.dumps(
+        {"session": "quick", "status": "failed", "started_at": "2020-01-03", "failed_step": "train",
+         "error": "training diverged at step 7", "log": "sessions/20200103_000000.log"}))
+    write(project / "sessions/20200103_000000.log", "step 1 ...\nerror: training diverged at step 7\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("1\n3\n4\n5\nn\n6\nq\n"))
+    assert main(["debug"]) == 0
+    out = capsys.readouterr().out
+    assert "Environment" in out and "jax devices" in out  # 1: diagnostics
+    assert "Resources" in out and "lumi processes" in out  # 3: a monitor reading
+    assert "Disk use" in out and "runs/" in out  # 4: disk use
+    assert "would remove" in out and "nothing removed" in out  # 5: cleanup, declined
+    assert (project / "sessions/20200101_000000.log").exists()
+    assert "training diverged at step 7" in out  # 6: the last errors
+
+
+def test_debug_menu_quits_at_end_of_input(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["debug"]) == 0

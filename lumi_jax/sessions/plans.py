@@ -1,177 +1,132 @@
 """What each time-boxed session does: its steps, their shares of the budget, and their checks.
 
-`build(name, args, runner)` returns the session's list of `Step`s; the runner does the rest
-(time, logs, records). Steps call the stages' Python functions directly, so one session is one
-process with one log. Each step fails loudly (StepFailed or the stage's own UserError) when its
-result is not what the session promises.
+`build(name, args)` returns the session's list of `Step`s; the runner does the rest (time, logs,
+records). The shares are relative weights: a step is given its share of the time still left when
+it starts (see runner.py), so the numbers below read as "training gets most of the budget".
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import hashlib
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from rich.table import Table
+from lumi_jax.config import load_model_config
+from lumi_jax.sessions import steps as s
+from lumi_jax.sessions.config_review import architecture_steps
+from lumi_jax.sessions.runner import Step, StepContext
 
-from lumi_jax.config import (
-    ARCHITECTURES_DIR,
-    CONFIG_DIR,
-    REPO_ROOT,
-    is_model_config,
-    model_config_from_dict,
-    read_json,
-)
-from lumi_jax.errors import UserError
-from lumi_jax.sessions import env_check
-from lumi_jax.sessions.runner import Step, StepContext, StepFailed
-
-# ---------------------------------------------------------------------------------------------
-# Steps shared by several sessions
+QUICK_MODEL, QUICK_SAMPLE_MB = "micro", 2.0
+QUICK_REPRODUCIBILITY_STEPS = 5
+QUICK_MIN_LOSS_DROP = 0.25  # the quick session's loss must end at least 25% below where it started
+PROTOTYPE_MODEL = "tiny"
+EXPERIMENT_MODEL, EXPERIMENT_SAMPLE_MB = "small", 16.0
+# The sample stories use about 1,100 words: enough for a 4096-piece vocabulary, not for small's
+# 32,000. On the sample corpus the experiment trains small's shape with vocab 4096 (and says so);
+# with DATA (real text) it keeps the config's vocabulary.
+SAMPLE_MAX_VOCAB = 4096
 
 
-def check_environment(ctx: StepContext) -> None:
-    checks = env_check.run_checks(Path.cwd())
-    ctx.console.print(env_check.checks_table(checks))
-    failed = env_check.failures(checks)
-    ctx.metrics["warnings"] = [f"{c.name}: {c.detail}" for c in checks if c.status == "warn"]
-    ctx.metrics["headline"] = f"{len(checks) - len(failed)}/{len(checks)} checks ok"
-    if failed:
-        raise StepFailed("; ".join(f"{c.name}: {c.detail} ({c.fix})" for c in failed))
+def quick_steps(args: argparse.Namespace) -> list[Step]:
+    model_config = load_model_config(args.config or QUICK_MODEL)
+    train_config = s.session_train_config("quick", seed=args.seed, steps=args.steps)
+    source = args.data or "sample"
+    size_mb = args.data_mb or (QUICK_SAMPLE_MB if source == "sample" else None)
+    repro_steps = min(QUICK_REPRODUCIBILITY_STEPS, train_config.steps)
 
+    def train_and_check(ctx: StepContext) -> None:
+        run_dir = s.new_run_dir("quick", ctx.session.record_path)
+        ctx.state["run"] = run_dir
+        ctx.session.set_output("run", run_dir)
+        s.train_model(ctx, model_config, train_config, run_dir)
+        s.check_loss_fell(ctx, run_dir, QUICK_MIN_LOSS_DROP)
 
-# ---------------------------------------------------------------------------------------------
-# architecture: validate every config, memory against this device, references, suggestions
-
-
-def display_path(path: Path) -> str:
-    """A path as short as it can be said: relative to here, or to the repository."""
-    for base in (Path.cwd(), REPO_ROOT):
-        try:
-            return str(path.resolve().relative_to(base.resolve()))
-        except ValueError:
-            continue
-    return str(path)
-
-
-def config_files(target: str | None) -> list[Path]:
-    """Every JSON file the architecture session looks at: CONFIG (a file, directory or name) or config/."""
-    if target is None:
-        return sorted(CONFIG_DIR.rglob("*.json"))
-    path = Path(target)
-    if not path.exists() and (ARCHITECTURES_DIR / f"{target}.json").exists():
-        path = ARCHITECTURES_DIR / f"{target}.json"
-    if not path.exists():
-        raise UserError(f"CONFIG / --config {target}: no such file or directory; "
-                        "give a model config such as config/architectures/tiny.json, or leave it unset for all")
-    return sorted(path.rglob("*.json")) if path.is_dir() else [path]
-
-
-def validate_configs(ctx: StepContext, target: str | None) -> None:
-    table = Table(title="Configs", title_justify="left")
-    for column in ("file", "result", "note"):
-        table.add_column(column)
-    valid, invalid, skipped = [], [], []
-    for path in config_files(target):
-        try:
-            data = read_json(path)
-            if not is_model_config(data):
-                skipped.append(str(path))
-                table.add_row(display_path(path), "[dim]skipped[/]", "not a model config (a recipe, prompts, ...)")
-                continue
-            config = model_config_from_dict(data, str(path))
-        except UserError as error:
-            invalid.append(str(error))
-            table.add_row(display_path(path), "[bold red]INVALID[/]", str(error))
-            continue
-        valid.append((str(path), config))
-        table.add_row(display_path(path), "[green]valid[/]", config.description)
-    ctx.console.print(table)
-    ctx.state["configs"] = valid
-    ctx.metrics.update(valid=len(valid), invalid=invalid, skipped=skipped,
-                       headline=f"{len(valid)} valid, {len(invalid)} invalid, {len(skipped)} skipped")
-    if invalid:
-        raise StepFailed(f"{len(invalid)} invalid config(s): " + " | ".join(invalid))
-    if not valid:
-        raise StepFailed(f"no model config found in {target or CONFIG_DIR}")
-
-
-def analyse_configs(ctx: StepContext) -> None:
-    from lumi_jax import architecture
-    from lumi_jax.config import config_hash
-
-    device = architecture.detected_device_memory()
-    reports = [architecture.analyse(config, device=device) for _, config in ctx.state["configs"]]
-    architecture.print_report(reports, [])
-    ctx.state["reports"] = reports
-    ctx.session.set_config_hash(config_hash([r["config"] for r in reports]))
-    device_name, device_bytes = device
-    ctx.metrics["device"] = {"name": device_name, "bytes": device_bytes}
-    ctx.metrics["models"] = {
-        r["name"]: {
-            "params": r["params"]["total"],
-            "published_params": r["published_params"],
-            "train_bytes": r["memory"]["training"][r["config"]["dtype"]]["total"],
-            "inference_bytes": r["memory"]["inference"]["total"],
-            "fits_for_training": bool(device_bytes) and
-            r["memory"]["training"][r["config"]["dtype"]]["total"] <= device_bytes,
-            "conformance_warnings": [c["name"] for c in r["conformance"] if c["status"] != "pass"],
-        }
-        for r in reports
-    }
-    fitting = sum(m["fits_for_training"] for m in ctx.metrics["models"].values())
-    ctx.metrics["headline"] = f"{len(reports)} models; {fitting} fit {device_name} for training"
-
-
-def suggest(ctx: StepContext) -> None:
-    reports = ctx.state["reports"]
-    notes = [f"{r['name']}: {note}" for r in reports for note in r["suggestions"]]
-    notes += [f"{r['name']}: conformance warning: {c['name']} ({c['detail']})"
-              for r in reports for c in r["conformance"] if c["status"] != "pass"]
-    trainable = [r for r in reports if r["published_params"] is None]
-    device_bytes = reports[0]["memory"]["device"]["bytes"] if reports else None
-    fitting = [r for r in trainable if device_bytes and
-               r["memory"]["training"][r["config"]["dtype"]]["total"] <= 0.8 * device_bytes]
-    if fitting:
-        largest = max(fitting, key=lambda r: r["params"]["total"])
-        notes.append(f"the largest of your models that trains comfortably here (batch 8, under 80% of memory) "
-                     f"is {largest['name']} ({largest['params']['total'] / 1e6:.1f}M parameters)")
-    for note in notes:
-        ctx.console.print(f"• {note}")
-    if not notes:
-        ctx.console.print("no suggestions: every config conforms and fits this device")
-    ctx.metrics["suggestions"] = notes
-    ctx.metrics["headline"] = f"{len(notes)} suggestion(s)"
-
-
-def architecture_steps(args: argparse.Namespace) -> list[Step]:
     return [
-        Step("validate configs", lambda ctx: validate_configs(ctx, args.config), 1,
-             "read every model config; report invalid ones with their field and fix"),
-        Step("analyse", analyse_configs, 3,
-             "exact counts, memory estimates against this device, conformance, reference models"),
-        Step("suggest", suggest, 1, "what follows from the numbers"),
+        Step("check environment", s.check_environment, 1, "Python, packages, devices, memory, disk"),
+        Step("prepare data", lambda ctx: s.prepare_data(ctx, source, model_config, size_mb=size_mb, seed=args.seed),
+             2, f"{source} ({size_mb or 'all'} MB) with a {model_config.vocab_size}-token tokenizer"),
+        Step("reproducibility", lambda ctx: s.reproducibility_check(ctx, model_config, train_config, repro_steps),
+             2, f"the first {repro_steps} steps twice from seed {args.seed}: identical losses"),
+        Step("train", train_and_check, 16,
+             f"{model_config.name} for {train_config.steps} steps; the loss must fall by "
+             f"{100 * QUICK_MIN_LOSS_DROP:.0f}% or more"),
+        Step("evaluate", lambda ctx: s.evaluate_run(ctx, quick=True, beat_unigram=True), 4,
+             "validation loss and bits per byte on a fixed subset, baselines, short samples; "
+             "the model must beat the unigram baseline"),
     ]
 
 
-# ---------------------------------------------------------------------------------------------
+def prototype_steps(args: argparse.Namespace) -> list[Step]:
+    model_config = load_model_config(args.config or PROTOTYPE_MODEL)
+    train_config = s.session_train_config("prototype", seed=args.seed, steps=args.steps)
+    source = args.data or "sample"
+    size_mb = args.data_mb
+
+    def train_run(ctx: StepContext) -> None:
+        run_dir = s.new_run_dir("prototype", ctx.session.record_path)
+        ctx.state["run"] = run_dir
+        ctx.session.set_output("run", run_dir)
+        s.train_model(ctx, model_config, train_config, run_dir)
+
+    return [
+        Step("check environment", s.check_environment, 1, "Python, packages, devices, memory, disk"),
+        Step("prepare data", lambda ctx: s.prepare_data(ctx, source, model_config, size_mb=size_mb, seed=args.seed),
+             4, f"{source} with a {model_config.vocab_size}-token tokenizer"),
+        Step("train", train_run, 60, f"{model_config.name} for {train_config.steps} steps, saving at the budget"),
+        Step("evaluate", lambda ctx: s.evaluate_run(ctx, quick=False), 12,
+             "the whole validation split: loss, perplexity, bits per byte, baselines, samples; curves.png"),
+        Step("architecture check", lambda ctx: s.architecture_of_run(ctx, model_config, train_config), 1,
+             "the trained config's counts and memory estimate against the measured peak"),
+    ]
 
 
-def source_fingerprint(source: str) -> str:
-    """A short hash of a path source's files (names, sizes, times), so a changed file is re-prepared."""
-    paths = sorted(Path(p) for p in glob.glob(str(Path(source).expanduser())))
-    files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*")) if p.is_dir() else [])]
-    digest = hashlib.sha256()
-    for file in files:
-        if file.is_file():
-            stat = file.stat()
-            digest.update(f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:8]
+def experiment_steps(args: argparse.Namespace) -> list[Step]:
+    source = args.data or "sample"
+    model_config = load_model_config(args.config or EXPERIMENT_MODEL)
+    vocab_note = ""
+    if source.startswith("sample") and model_config.vocab_size > SAMPLE_MAX_VOCAB:
+        vocab_note = (f" ({model_config.name}'s vocab {model_config.vocab_size} cut to {SAMPLE_MAX_VOCAB}: "
+                      "the sample corpus has too few words for more; DATA=your-text keeps it)")
+        model_config = dataclasses.replace(model_config, vocab_size=SAMPLE_MAX_VOCAB,
+                                           name=f"{model_config.name}-v{SAMPLE_MAX_VOCAB}")
+    pretrain_config = s.session_train_config("experiment", seed=args.seed, steps=args.steps)
+    sft_config = s.session_train_config("sft", seed=args.seed, steps=args.steps)
+    size_mb = args.data_mb or (EXPERIMENT_SAMPLE_MB if source == "sample" else None)
+
+    def pretrain(ctx: StepContext) -> None:
+        run_dir = s.new_run_dir("experiment", ctx.session.record_path)
+        ctx.state["run"] = run_dir
+        ctx.session.set_output("run", run_dir)
+        if vocab_note:
+            ctx.console.print(f"[yellow]note[/]{vocab_note}")
+        s.train_model(ctx, model_config, pretrain_config, run_dir)
+
+    def prepare_instructions(ctx: StepContext) -> None:
+        tokenizer = Path(ctx.state["data"]) / "tokenizer.model"
+        s.prepare_data(ctx, "sample-instructions", model_config, size_mb=None, seed=args.seed,
+                       state_key="instructions", tokenizer=tokenizer)
+
+    return [
+        Step("check environment", s.check_environment, 1, "Python, packages, devices, memory, disk"),
+        Step("prepare data", lambda ctx: s.prepare_data(ctx, source, model_config, size_mb=size_mb, seed=args.seed),
+             3, f"{source} with a {model_config.vocab_size}-token tokenizer{vocab_note}"),
+        Step("prepare instructions", prepare_instructions, 1,
+             "sample instructions (held-out split: unseen combinations) with the same tokenizer"),
+        Step("pretrain", pretrain, 50, f"{model_config.name} for up to {pretrain_config.steps} steps within its share"),
+        Step("fine-tune", lambda ctx: s.fine_tune_run(ctx, sft_config), 25,
+             "responses only, from the pretrained weights; held-out exact match before and after"),
+        Step("evaluate pretrained", lambda ctx: s.evaluate_run(ctx, quick=False), 7,
+             "the pretrained run on the whole text validation split"),
+        Step("evaluate fine-tuned", lambda ctx: s.evaluate_run(ctx, quick=False, run_key="sft_run"), 7,
+             "the fine-tuned run on the instruction validation split, with exact match"),
+    ]
 
 
-BUILDERS: dict[str, Any] = {
+BUILDERS: dict[str, Callable[[argparse.Namespace], list[Step]]] = {
+    "quick": quick_steps,
+    "prototype": prototype_steps,
+    "experiment": experiment_steps,
     "architecture": architecture_steps,
 }
 

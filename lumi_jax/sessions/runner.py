@@ -193,8 +193,13 @@ class SessionRunner:
     def set_reproducibility(self, check: dict[str, Any]) -> None:
         self.record["reproducibility"] = check
 
+    def peak_so_far(self) -> dict[str, Any]:
+        """Peak resources up to now (a step can compare them with an estimate)."""
+        return self._tracker.summary()
+
     def run(self, steps: list[Step]) -> int:
         with Transcript(self.log_path) as transcript, PeakTracker() as tracker:
+            self._tracker = tracker
             status = self._run_steps(steps, transcript)
             self.record["peak_resources"] = tracker.summary()
             self.record["devices"] = _jax_devices()
