@@ -75,13 +75,25 @@ SESSION_CONFIG_ARG = $(if $(filter-out file default,$(origin CONFIG)),--config '
 SESSION_DATA_ARG = $(if $(DATA),--data '$(DATA)')
 SESSION_MODEL_ARG = $(if $(MODEL_PATH),--model '$(MODEL_PATH)')
 
-.PHONY: session-architecture session-status monitor check-env session-cleanup backup
+.PHONY: session-quick session-prototype session-experiment session-architecture session-status session-debug monitor check-env session-cleanup backup
+
+session-quick: $(STAMP) ## the whole pipeline end to end on a micro model (30 min budget; < 5 min on 2 CPU cores)
+	$(SESSION) quick $(SESSION_TIME_ARG) $(SESSION_CONFIG_ARG) $(SESSION_DATA_ARG)
+
+session-prototype: $(STAMP) ## the ~6M tiny model for 1000 steps, evaluated, with curves and samples (2 h budget)
+	$(SESSION) prototype $(SESSION_TIME_ARG) $(SESSION_CONFIG_ARG) $(SESSION_DATA_ARG)
+
+session-experiment: $(STAMP) ## the ~42M small model: pretraining, instruction fine-tuning, evaluation (4 h budget)
+	$(SESSION) experiment $(SESSION_TIME_ARG) $(SESSION_CONFIG_ARG) $(SESSION_DATA_ARG)
 
 session-architecture: $(STAMP) ## validate every config, memory vs this device, references (30 min budget)
 	$(SESSION) architecture $(SESSION_TIME_ARG) $(SESSION_CONFIG_ARG)
 
 session-status: $(STAMP) ## datasets, runs, the latest session, disk, device, and what to run next
 	$(SESSION) status
+
+session-debug: $(STAMP) ## interactive menu: diagnostics, smoke test, monitor, disk, cleanup, last errors
+	$(SESSION) debug
 
 monitor: $(STAMP) ## live CPU, memory, disk, accelerator and lumi processes (Ctrl-C to stop)
 	$(SESSION) monitor
