@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("lumi_jax.sft", "fine-tune a pretrained run on instruction data (responses only; optional LoRA)"),
     "generate": ("lumi_jax.generate", "continue prompts with a trained run (KV cache, sampling, streaming, --chat)"),
     "evaluate": ("lumi_jax.evaluate", "validation loss, perplexity, bits per byte, baselines and samples into eval.json/eval.md"),
+    "assess": ("lumi_jax.assess", "findings, recommendations and a grade for a run; --compare puts runs side by side"),
 }
 
 

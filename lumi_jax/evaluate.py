@@ -247,7 +247,12 @@ def open_run_dataset(loaded, data_dir: str | Path | None):
     if data_dir is None:
         if not stored:
             raise UserError(f"{loaded.path}/config.json names no dataset; pass --data data/NAME")
-        data_dir = Path(stored)
+        # A relative path was relative to where training ran: usually the project root, which
+        # holds runs/NAME, so also try it from there when evaluating from elsewhere.
+        candidates = [Path(stored)]
+        if not Path(stored).is_absolute():
+            candidates.append(Path(loaded.path).resolve().parent.parent / stored)
+        data_dir = next((c for c in candidates if c.is_dir()), Path(stored))
         if not data_dir.is_dir():
             raise UserError(f"{data_dir}: the run's dataset is not there (moved or deleted); pass --data "
                             "with a dataset prepared with the run's tokenizer")

@@ -375,8 +375,8 @@ def _chat_loop(loaded, sampling: Sampling, args) -> int:
         prompt_ids = [loaded.tokenizer.encode(sft.format_chat_prompt(messages), bos=True)]
         streamer = TextStreamer(loaded.tokenizer, file=sys.stdout)
         (result,) = generate_ids(loaded.model_config, loaded.params, prompt_ids,
-                                 max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed,
-                                 on_token=streamer)
+                                 max_new_tokens=args.max_new_tokens, sampling=sampling,
+                                 seed=args.seed + len(messages), on_token=streamer)
         print(flush=True)
         messages.append({"role": "assistant", "content": loaded.tokenizer.decode(result.new_ids)})
 
