@@ -45,6 +45,9 @@ TIMED_SESSIONS: dict[str, TimedSession] = {
         240, "pretrain the ~42M small model within its share of the budget, fine-tune it on instructions, "
         "evaluate both (held-out exact match before and after)",
         "data/ for the text and the instructions, runs/experiment-STAMP/ and runs/experiment-STAMP-sft/"),
+    "evaluation": TimedSession(
+        60, "evaluate the latest run (or MODEL_PATH) in full, assess it with recommendations, compare it "
+        "with earlier runs", "eval.json, eval.md, assess.json and assess.md in the run directory"),
     "architecture": TimedSession(
         30, "validate every model config, estimate memory against this device, compare with reference "
         "models, suggest changes", "a session log and record"),

@@ -92,3 +92,21 @@ def test_debug_smoke_test_runs_the_pipeline_in_a_temporary_directory(tmp_path, m
     assert result["ok"], result["detail"]
     assert set(result["stages"]) == {"prepare", "train", "generate"}
     assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+def test_evaluation_session_on_the_quick_run_evaluates_assesses_and_compares(quick_session):
+    root, _, record, _ = quick_session
+    previous = os.getcwd()
+    os.chdir(root)
+    try:
+        assert main(["evaluation", "--model", record["outputs"]["run"]]) == 0
+        records = sorted((root / "sessions").glob("*.json"))
+        evaluation = json.loads(records[-1].read_text())
+    finally:
+        os.chdir(previous)
+    assert evaluation["session"] == "evaluation" and evaluation["status"] == "passed"
+    assert [s["name"] for s in evaluation["steps"]] == ["find the run", "evaluate", "assess", "compare"]
+    run_dir = root / record["outputs"]["run"]
+    assert json.loads((run_dir / "eval.json").read_text())["quick"] is False  # the full evaluation
+    assert (run_dir / "assess.md").exists()
+    assert evaluation["metrics"]["compare"]["rows"][0]["grade"] in "ABCD"

@@ -120,6 +120,18 @@ def experiment_steps(args: argparse.Namespace) -> list[Step]:
              "the pretrained run on the whole text validation split"),
         Step("evaluate fine-tuned", lambda ctx: s.evaluate_run(ctx, quick=False, run_key="sft_run"), 7,
              "the fine-tuned run on the instruction validation split, with exact match"),
+        Step("assess", lambda ctx: s.assess_runs(ctx, "run", "sft_run"), 2,
+             "findings and recommendations for the pretrained and the fine-tuned run"),
+    ]
+
+
+def evaluation_session_steps(args: argparse.Namespace) -> list[Step]:
+    return [
+        Step("find the run", lambda ctx: s.find_run(ctx, args.model), 1, "MODEL_PATH, or the latest run"),
+        Step("evaluate", lambda ctx: s.evaluate_run(ctx, quick=False), 6,
+             "the whole validation split: loss, perplexity, bits per byte, baselines, samples, exact match"),
+        Step("assess", s.assess_runs, 2, "findings from the evidence, with recommendations and a grade"),
+        Step("compare", s.compare_with_earlier_runs, 2, "side by side with the most recent evaluated runs"),
     ]
 
 
@@ -127,6 +139,7 @@ BUILDERS: dict[str, Callable[[argparse.Namespace], list[Step]]] = {
     "quick": quick_steps,
     "prototype": prototype_steps,
     "experiment": experiment_steps,
+    "evaluation": evaluation_session_steps,
     "architecture": architecture_steps,
 }
 

@@ -299,3 +299,55 @@ def fine_tune_run(ctx: StepContext, train_config: TrainConfig, *, from_key: str 
     ctx.metrics["headline"] = (f"{summary['steps']} steps; held-out exact match "
                                + (f"{before:.0%} → {after:.0%}" if before is not None and after is not None else "n/a"))
     return report
+
+
+def find_run(ctx: StepContext, model_path: Path | None) -> None:
+    """MODEL_PATH, or the most recently changed run under runs/."""
+    from lumi_jax.run import is_run, latest_run
+
+    run_dir = Path(model_path) if model_path is not None else latest_run(RUNS_DIR)
+    if not is_run(run_dir):
+        raise UserError(f"MODEL_PATH / --model {run_dir}: not a lumi run (no config.json); "
+                        "give a directory made by lumi train or a session (see `make session-status`)")
+    ctx.state["run"] = run_dir
+    ctx.session.set_output("run", run_dir)
+    chosen = "given" if model_path is not None else "the latest run"
+    ctx.console.print(f"evaluating {run_dir} ({chosen})")
+    ctx.metrics.update(run=str(run_dir), headline=f"{run_dir} ({chosen})")
+
+
+def assess_runs(ctx: StepContext, *run_keys: str) -> None:
+    """Assess state[key] for each key (assess.json and assess.md in each run)."""
+    from lumi_jax import assess
+
+    grades = []
+    for key in run_keys or ("run",):
+        run_dir = Path(ctx.state[key])
+        report = assess.assess_run(run_dir)
+        assess.print_report(report)
+        ctx.console.print(f"wrote {run_dir / 'assess.json'} and {run_dir / 'assess.md'}")
+        ctx.metrics[str(run_dir)] = {
+            "grade": report["grade"], "recommendations": report["recommendations"],
+            "problems": [f["name"] for f in report["findings"] if f["status"] == "problem"]}
+        grades.append(f"{run_dir.name} {report['grade']}")
+    ctx.metrics["headline"] = "grade " + ", ".join(grades)
+
+
+MAX_COMPARED_RUNS = 6
+
+
+def compare_with_earlier_runs(ctx: StepContext) -> None:
+    """The chosen run next to the most recent earlier runs that have been evaluated."""
+    from lumi_jax import assess
+
+    chosen = Path(ctx.state["run"])
+    earlier = sorted((p for p in RUNS_DIR.iterdir() if (p / "eval.json").is_file() and p.resolve() != chosen.resolve()),
+                     key=lambda p: (p / "eval.json").stat().st_mtime) if RUNS_DIR.is_dir() else []
+    runs = earlier[-(MAX_COMPARED_RUNS - 1):] + [chosen]
+    if len(runs) == 1:
+        ctx.console.print("no earlier evaluated run to compare with; the next evaluation will have this one")
+    rows = assess.compare_runs(runs)
+    assess.print_comparison(rows)
+    best = min(rows, key=lambda r: r["bits_per_byte"])
+    ctx.metrics.update(rows=rows, best=best["run"],
+                       headline=f"{len(rows)} run(s); best bits/byte {best['bits_per_byte']:.3f}: {best['run']}")
