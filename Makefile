@@ -75,7 +75,7 @@ SESSION_CONFIG_ARG = $(if $(filter-out file default,$(origin CONFIG)),--config '
 SESSION_DATA_ARG = $(if $(DATA),--data '$(DATA)')
 SESSION_MODEL_ARG = $(if $(MODEL_PATH),--model '$(MODEL_PATH)')
 
-.PHONY: session-quick session-prototype session-experiment session-architecture session-status session-debug monitor check-env session-cleanup backup
+.PHONY: session-quick session-prototype session-experiment session-evaluation session-architecture session-status session-debug monitor check-env session-cleanup backup
 
 session-quick: $(STAMP) ## the whole pipeline end to end on a micro model (30 min budget; < 5 min on 2 CPU cores)
 	$(SESSION) quick $(SESSION_TIME_ARG) $(SESSION_CONFIG_ARG) $(SESSION_DATA_ARG)
@@ -85,6 +85,9 @@ session-prototype: $(STAMP) ## the ~6M tiny model for 1000 steps, evaluated, wit
 
 session-experiment: $(STAMP) ## the ~42M small model: pretraining, instruction fine-tuning, evaluation (4 h budget)
 	$(SESSION) experiment $(SESSION_TIME_ARG) $(SESSION_CONFIG_ARG) $(SESSION_DATA_ARG)
+
+session-evaluation: $(STAMP) ## the latest run (or MODEL_PATH): full evaluation, assessment, comparison (1 h budget)
+	$(SESSION) evaluation $(SESSION_TIME_ARG) $(SESSION_MODEL_ARG)
 
 session-architecture: $(STAMP) ## validate every config, memory vs this device, references (30 min budget)
 	$(SESSION) architecture $(SESSION_TIME_ARG) $(SESSION_CONFIG_ARG)
