@@ -24,6 +24,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("lumi_jax.generate", "continue prompts with a trained run (KV cache, sampling, streaming, --chat)"),
     "evaluate": ("lumi_jax.evaluate", "validation loss, perplexity, bits per byte, baselines and samples into eval.json/eval.md"),
     "assess": ("lumi_jax.assess", "findings, recommendations and a grade for a run; --compare puts runs side by side"),
+    "status": ("lumi_jax.sessions.status", "datasets, runs, the latest session, disk, device, and what to run next"),
+    "monitor": ("lumi_jax.sessions.monitor", "live CPU, memory, disk, accelerator memory and lumi processes (--once)"),
+    "check-env": ("lumi_jax.sessions.env_check", "Python, packages, devices, memory, disk and permissions (exit 1 if missing)"),
+    "cleanup": ("lumi_jax.sessions.cleanup", "remove temporary files and old session logs (--dry-run lists only)"),
+    "backup": ("lumi_jax.sessions.backup", "a verified tar.gz of configs, tokenizers, latest checkpoints and reports"),
 }
 
 
