@@ -62,15 +62,21 @@ def datasets(root: Path) -> list[dict[str, Any]]:
 
 
 def evaluation_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The headline numbers of eval.json (and the grade of assess.json), None if not evaluated."""
     evaluation = read_json_or_none(run_dir / "eval.json")
     if not isinstance(evaluation, dict):
         return None
-    flat = dict(evaluation)
-    for section in ("validation", "metrics", "results"):  # tolerate a nested layout
-        if isinstance(evaluation.get(section), dict):
-            flat.update(evaluation[section])
-    keys = ("val_loss", "loss", "perplexity", "bits_per_byte", "bpb", "exact_match", "grade")
-    return {key: flat[key] for key in keys if key in flat and not isinstance(flat[key], (dict, list))}
+    validation = evaluation.get("validation") or {}
+    summary = {key: validation.get(key) for key in ("loss", "bits_per_byte") if validation.get(key) is not None}
+    exact_match = evaluation.get("exact_match")
+    if isinstance(exact_match, dict) and exact_match.get("accuracy") is not None:
+        summary["exact_match"] = exact_match["accuracy"]
+    if evaluation.get("quick"):
+        summary["quick"] = True
+    assessment = read_json_or_none(run_dir / "assess.json")
+    if isinstance(assessment, dict) and assessment.get("grade"):
+        summary["grade"] = assessment["grade"]
+    return summary
 
 
 def runs(root: Path) -> list[dict[str, Any]]:
@@ -169,6 +175,19 @@ def _number(value: Any, digits: int = 3) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def describe_evaluation(summary: dict[str, Any] | None) -> str:
+    if not summary:
+        return "not evaluated"
+    parts = []
+    if "bits_per_byte" in summary:
+        parts.append(f"{summary['bits_per_byte']:.3f} bits/byte" + (" (quick)" if summary.get("quick") else ""))
+    if "exact_match" in summary:
+        parts.append(f"exact match {summary['exact_match']:.0%}")
+    if "grade" in summary:
+        parts.append(f"grade {summary['grade']}")
+    return ", ".join(parts)
+
+
 def print_status(status: dict[str, Any], console: Console) -> None:
     table = Table(title="Datasets", title_justify="left")
     for column in ("name", "kind", "source", "vocab", "train tokens", "val tokens", "bytes/token"):
@@ -179,13 +198,15 @@ def print_status(status: dict[str, Any], console: Console) -> None:
     console.print(table if status["datasets"] else "Datasets: none yet (data/ is empty)")
 
     table = Table(title="Runs", title_justify="left")
-    for column in ("name", "model", "step", "train loss", "val loss", "ended", "evaluation"):
+    table.add_column("name", no_wrap=True)
+    for column in ("model", "step", "train", "val", "evaluation"):
         table.add_column(column)
     for r in status["runs"]:
         step = f"{r['checkpoint_step']}/{r['target_steps']}" if r["checkpoint_step"] else "no checkpoint"
-        evaluation = ", ".join(f"{k} {_number(v)}" for k, v in (r["evaluation"] or {}).items()) or "not evaluated"
-        table.add_row(r["name"], r["model"] or "", step, _number(r["train_loss"]), _number(r["val_loss"]),
-                      r["stop_reason"] or "", evaluation)
+        if r["stop_reason"] not in (None, "completed"):
+            step += f" ({r['stop_reason'].replace('_', ' ')})"
+        table.add_row(r["name"], r["model"] or "", step, _number(r["train_loss"], 2), _number(r["val_loss"], 2),
+                      describe_evaluation(r["evaluation"]))
     console.print(table if status["runs"] else "Runs: none yet (runs/ is empty)")
 
     latest = status["latest_session"]
