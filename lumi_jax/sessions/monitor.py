@@ -260,9 +260,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         with Live(console=console, auto_refresh=False) as live:
+            delay = 0.5  # the first reading as soon as CPU percentages mean something
             while True:
-                time.sleep(args.interval)
+                time.sleep(delay)
                 live.update(reading_tables(take_reading(path, watch)), refresh=True)
+                delay = args.interval
     except KeyboardInterrupt:
         pass
     return 0
