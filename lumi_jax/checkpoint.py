@@ -53,8 +53,8 @@ class CheckpointStore:
 
     def save(self, step: int, params: Any, opt_state: Any, meta: dict) -> None:
         """Start an asynchronous save; the arrays are copied before this returns."""
-        if step in self.manager.all_steps():
-            return  # already saved (e.g. the final step was also a save_every step)
+        if step in self.manager.all_steps():  # listed as soon as an asynchronous save starts
+            return  # already saved (e.g. a signal arrived right after a save_every step)
         self.manager.save(
             step,
             args=ocp.args.Composite(

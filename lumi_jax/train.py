@@ -152,6 +152,14 @@ def make_train_step(model_config: ModelConfig, train_config: TrainConfig, optimi
     return train_step
 
 
+def jit_train_step(model_config, train_config, optimizer, mesh, state_shardings):
+    """The step as training runs it: placed by the sharding rule, the state donated."""
+    return jax.jit(make_train_step(model_config, train_config, optimizer, mesh),
+                   in_shardings=(state_shardings, shard.batch_sharding(mesh)),
+                   out_shardings=(state_shardings, shard.replicated(mesh)),
+                   donate_argnums=0)
+
+
 def new_state(params, optimizer) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
@@ -431,10 +439,7 @@ def train(
         batch_spec = {name: jax.ShapeDtypeStruct((train_config.batch_size, context), dtype,
                                                  sharding=shard.batch_sharding(mesh))
                       for name, dtype in (("inputs", jnp.int32), ("targets", jnp.int32), ("weights", jnp.float32))}
-        step_fn = jax.jit(make_train_step(model_config, train_config, optimizer, mesh),
-                          in_shardings=(state_shardings, shard.batch_sharding(mesh)),
-                          out_shardings=(state_shardings, shard.replicated(mesh)),
-                          donate_argnums=0)
+        step_fn = jit_train_step(model_config, train_config, optimizer, mesh, state_shardings)
         compile_started = time.perf_counter()
         compiled_step = step_fn.lower(jax.eval_shape(lambda: state), batch_spec).compile()
         eval_step = make_eval_step(model_config)
@@ -459,8 +464,12 @@ def train(
                     "config_hash": identity_hash, "tokenizer_sha256": dataset.tokenizer_sha256}
             store.save(step, state.params, state.opt_state, meta)
 
+        eval_seconds = [0.0]  # the last evaluation's duration, kept back from the time budget
+
         def run_eval(step: int) -> float:
+            started = time.perf_counter()
             val_loss = evaluate_split(eval_step, state.params, val_split, train_config, context, mesh)
+            eval_seconds[0] = time.perf_counter() - started
             metrics_log.write({"step": step, "val_loss": val_loss,
                                "val_ppl": math.exp(val_loss) if val_loss < 50 else float("inf"),
                                "elapsed_s": stopwatch.elapsed()})
@@ -509,12 +518,13 @@ def train(
                 if stop.signal_name is not None:
                     stop_reason = "signal"
                     break
+                # Stop while there is still time for one more step and the final evaluation.
                 budget_left = stopwatch.left()
-                if budget_left is not None and budget_left < (step_times[-1] if step_times else 0):
+                if budget_left is not None and budget_left < step_times[-1] + eval_seconds[0]:
                     stop_reason = "time_budget"
                     break
 
-        if stop_reason != "nan" and train_config.eval_every:
+        if stop_reason in ("completed", "time_budget") and train_config.eval_every:
             last_val = run_eval(step)
         if step > 0 and (stop_reason != "nan" or step > start_step):
             save(step)

@@ -1,0 +1,144 @@
+"""Training throughput: tokens/s and MFU of the real train step, per model, on this machine.
+
+    .venv/bin/python benchmarks/train_throughput.py [--cases tiny:8 small:4] [--dtype float32|bfloat16]
+
+For each case (model config : batch size, context = the model's max_seq_len, 256 for tiny and
+small) it builds the state and the jitted, donated train step exactly as `lumi train` does,
+compiles it ahead of time (compile seconds reported apart), runs warm-up steps, then times
+--steps steps on fixed random tokens (throughput does not depend on the text). Reported:
+median step seconds, tokens/s, achieved FLOP/s and MFU with
+
+    FLOPs per token = 6 · N_matmul + 6 · n_layers · context · d_model     (lumi_jax/metrics.py)
+
+against the device's dense peak (CPU: cores × clock × FLOP/cycle, stated in the result).
+The machine may be shared: the load average and this process's CPU seconds are recorded next
+to the wall time. Writes benchmarks/results/train_<platform>_<dtype>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lumi_jax import sharding as shard  # noqa: E402
+from lumi_jax.architecture import count_params  # noqa: E402
+from lumi_jax.config import TrainConfig, load_model_config  # noqa: E402
+from lumi_jax.metrics import flops_per_token, matmul_params, peak_flops  # noqa: E402
+from lumi_jax.optim import make_optimizer  # noqa: E402
+from lumi_jax.train import initial_state, jit_train_step  # noqa: E402
+
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = jax.devices()[0]
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": device.platform,
+            "device_kind": getattr(device, "device_kind", ""), "device_count": jax.device_count(),
+            "jax": jax.__version__, "python": platform.python_version()}
+
+
+def measure(model_name: str, batch_size: int, dtype: str, steps: int, warmup: int) -> dict:
+    model = dataclasses.replace(load_model_config(model_name), dtype=dtype)
+    context = model.max_seq_len
+    config = TrainConfig(steps=1000, batch_size=batch_size, context=context, warmup=10, dtype=dtype)
+    mesh = shard.make_mesh()
+    optimizer = make_optimizer(config)
+    state, shardings = initial_state(model, config, optimizer, mesh)
+    step_fn = jit_train_step(model, config, optimizer, mesh, shardings)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, model.vocab_size, size=(batch_size, context + 1), dtype=np.int32)
+    batch = shard.put_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+                             "weights": np.ones((batch_size, context), np.float32)}, mesh)
+
+    started = time.perf_counter()
+    compiled = step_fn.lower(jax.eval_shape(lambda: state), jax.eval_shape(lambda: batch)).compile()
+    compile_s = time.perf_counter() - started
+    for _ in range(warmup):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+
+    times = []
+    load_before = os.getloadavg()[0]
+    cpu_started = time.process_time()
+    for _ in range(steps):
+        started = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics["loss"])
+        times.append(time.perf_counter() - started)
+    cpu_s = time.process_time() - cpu_started
+    assert np.isfinite(float(metrics["loss"]))
+
+    step_s = statistics.median(times)
+    tokens_per_step = batch_size * context
+    tokens_per_s = tokens_per_step / step_s
+    flops_token = flops_per_token(model, context)
+    peak, peak_how = peak_flops()
+    return {
+        "model": model_name, "params": count_params(model).total, "matmul_params": matmul_params(model),
+        "batch_size": batch_size, "context": context, "dtype": dtype,
+        "compile_s": round(compile_s, 2), "steps_timed": steps,
+        "step_s_median": round(step_s, 4), "step_s_min": round(min(times), 4), "step_s_max": round(max(times), 4),
+        "tokens_per_s": round(tokens_per_s, 1),
+        "flops_per_token": flops_token,
+        "achieved_tflops": round(flops_token * tokens_per_s / 1e12, 4),
+        "peak_tflops": None if peak is None else round(peak / 1e12, 3), "peak_how": peak_how,
+        "mfu": None if peak is None else round(flops_token * tokens_per_s / peak, 4),
+        "process_cpu_s_per_step": round(cpu_s / steps, 3),
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=["tiny:8", "small:4"], help="MODEL:BATCH pairs")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    parser.add_argument("--out", help="result JSON (default benchmarks/results/train_<platform>_<dtype>.json)")
+    args = parser.parse_args()
+
+    results = []
+    for case in args.cases:
+        name, _, batch = case.partition(":")
+        result = measure(name, int(batch or 8), args.dtype, args.steps, args.warmup)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    info = machine()
+    record = {
+        "benchmark": "train_throughput",
+        "command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": info,
+        "flop_formula": "6*N_matmul + 6*n_layers*context*d_model per token (PaLM appendix B); N_matmul = "
+                        "block matrices + output head (V*D, counted even when tied), not the embedding lookup",
+        "results": results,
+    }
+    out = Path(args.out) if args.out else RESULTS_DIR / f"train_{info['platform']}_{args.dtype}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
