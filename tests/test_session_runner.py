@@ -96,6 +96,7 @@ def test_a_user_mistake_in_a_step_exits_2_with_one_line_last(project, capsys):
     assert runner.run([Step("mistaken", mistaken, 1)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == "error: data/x: no such dataset; run lumi prepare first"
     assert read_record(runner)["user_error"] is True
+    assert runner.log_path.read_text().splitlines()[-1] == "error: data/x: no such dataset; run lumi prepare first"
 
 
 def test_time_saved_early_flows_to_later_steps_and_a_spent_budget_stops(project):

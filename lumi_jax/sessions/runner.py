@@ -206,10 +206,10 @@ class SessionRunner:
             self.record["ended_at"] = now_iso()
             self._save()
             self._print_summary()
-        if status == EXIT_FAILED and self.record.get("user_error"):
-            # The one clear line for a user mistake comes last, where the eye lands.
-            print(f"error: {' '.join(str(self.record['error']).split())}", file=sys.stderr)
-            return USER_ERROR_EXIT_STATUS
+            if status == EXIT_FAILED and self.record.get("user_error"):
+                # The one clear line for a user mistake comes last, where the eye lands.
+                print(f"error: {' '.join(str(self.record['error']).split())}", file=sys.stderr)
+                status = USER_ERROR_EXIT_STATUS
         return status
 
     def _run_steps(self, steps: list[Step], transcript: Transcript) -> int:
