@@ -59,6 +59,7 @@ def test_quick_session_record_holds_what_the_issue_lists(quick_session):
     assert evaluation["gain_over_unigram_bits_per_byte"] > 0
     run_dir = root / record["outputs"]["run"]
     assert (run_dir / "eval.json").exists() and (run_dir / "checkpoints").is_dir()
+    assert (root / record["outputs"]["curves"]).exists()
     log = (root / record["log"]).read_text()
     assert record_path.stem in record["log"]
     assert "session quick: passed" in log and "step 100/100" in log

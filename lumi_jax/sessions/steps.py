@@ -174,6 +174,9 @@ def train_model(ctx: StepContext, model_config: ModelConfig, train_config: Train
     ctx.metrics.update({key: summary.get(key) for key in (
         "steps", "target_steps", "final_train_loss", "final_val_loss", "tokens_seen", "tokens_per_s",
         "compile_time_s", "mean_step_time_s", "wall_time_s", "stop_reason")})
+    if (run_dir / "curves.png").exists():
+        ctx.session.set_output("curves", run_dir / "curves.png")
+        ctx.console.print(f"training curves: {run_dir / 'curves.png'}")
     if summary["stop_reason"] == "nan":
         raise StepFailed(summary["message"])
     if summary["stop_reason"] == "signal":
