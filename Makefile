@@ -61,6 +61,23 @@ sft: $(STAMP) ## fine-tune FROM (runs/tiny) on DATA (sample instructions) into R
 	test -d '$(SFT_DATA)' || $(PY) -m lumi_jax.cli prepare --source sample-instructions --out '$(SFT_DATA)' --tokenizer '$(SFT_FROM)/tokenizer.model'
 	$(PY) -m lumi_jax.cli sft --from '$(SFT_FROM)' --data '$(SFT_DATA)' --out '$(or $(RUN),$(SFT_FROM)-sft)' $(if $(STEPS),--steps '$(STEPS)') $(if $(BUDGET),--time-budget '$(BUDGET)') $(if $(LORA_RANK),--lora-rank '$(LORA_RANK)')
 
+# Generation and evaluation: MODEL_PATH picks the run (default: the latest under runs/), e.g.
+# `MODEL_PATH=runs/tiny make evaluate-quick`, `make generate PROMPT="Once upon a time"`.
+RUN_ARG = $(if $(MODEL_PATH),--run '$(MODEL_PATH)')
+
+.PHONY: generate evaluate evaluate-quick assess-performance
+generate: $(STAMP) ## continue PROMPT (or PROMPTS=file, or CHAT=1) with MODEL_PATH; TOKENS, TEMPERATURE, GREEDY=1
+	$(PY) -m lumi_jax.cli generate $(RUN_ARG) $(if $(PROMPTS),--prompts '$(PROMPTS)',$(if $(CHAT),--chat,--prompt '$(or $(PROMPT),Once upon a time)')) $(if $(TOKENS),--max-new-tokens '$(TOKENS)') $(if $(TEMPERATURE),--temperature '$(TEMPERATURE)') $(if $(GREEDY),--greedy)
+
+evaluate: $(STAMP) ## loss, perplexity, bits per byte, baselines, samples over the whole validation split of MODEL_PATH
+	$(PY) -m lumi_jax.cli evaluate $(RUN_ARG) $(if $(DATA),--data '$(DATA)')
+
+evaluate-quick: $(STAMP) ## the same on a fixed validation subset, with shorter samples (seconds on a CPU)
+	$(PY) -m lumi_jax.cli evaluate $(RUN_ARG) $(if $(DATA),--data '$(DATA)') --quick
+
+assess-performance: $(STAMP) ## findings with recommendations and a grade for MODEL_PATH; RUNS="a b" compares runs
+	$(PY) -m lumi_jax.cli assess $(if $(RUNS),--compare $(RUNS),$(RUN_ARG))
+
 clean: ## remove caches and temporary files (never data, runs, checkpoints or session logs)
 	find . -path ./$(VENV) -prune -o -type d \( -name __pycache__ -o -name .pytest_cache -o -name .ruff_cache \) -print | xargs rm -rf
 	rm -rf build dist *.egg-info .tmp

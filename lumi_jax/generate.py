@@ -193,12 +193,15 @@ def generate_ids(
     seed: int = 0,
     eos_id: int = EOS_ID,
     on_token: Callable[[int, np.ndarray], None] | None = None,
+    new_tokens_bucket: int | None = None,
 ) -> list[Generated]:
     """Continue each prompt (token ids, normally starting with BOS) by up to `max_new_tokens`.
 
     A prompt longer than the context leaves room for the new tokens by keeping its last
     `max_seq_len - max_new_tokens` ids. `on_token(step, tokens_B)` streams each step's tokens
     (rows in prompt order; the batch may carry extra padding rows at the end).
+    `new_tokens_bucket` pins the compiled cache room (default: max_new_tokens rounded up to a
+    power of two), so calls with different token budgets can share one compilation.
     """
     sampling.validate()
     if not prompts:
@@ -217,6 +220,10 @@ def generate_ids(
     rows = bucket(len(kept), 1)
     P = bucket(max(map(len, kept)), MIN_PROMPT_BUCKET, config.max_seq_len)
     N = bucket(max_new_tokens, MIN_NEW_TOKENS_BUCKET, config.max_seq_len)
+    if new_tokens_bucket is not None:
+        if new_tokens_bucket < max_new_tokens:
+            raise ValueError(f"new_tokens_bucket {new_tokens_bucket} is smaller than max_new_tokens {max_new_tokens}")
+        N = new_tokens_bucket
 
     prompt_BP = np.full((rows, P), BOS_ID, np.int32)
     mask_BP = np.zeros((rows, P), bool)
