@@ -131,3 +131,17 @@ def test_bad_inputs_end_with_one_clear_line(runs, quick_report, tmp_path, capsys
     assert "another tokenizer" in message
 
     assert (run / "eval.json").read_bytes() == before  # nothing on disk was replaced
+
+
+def test_instruction_data_adds_held_out_exact_match(runs, tmp_path):
+    from lumi_jax.data.prepare import prepare_dataset
+
+    run = runs["under_trained"]
+    instructions = tmp_path / "instructions"
+    prepare_dataset("sample-instructions", instructions, tokenizer=run / "tokenizer.model", size_mb=0.2, log=None)
+    report = evaluate.evaluate_run(run, instructions, quick=True, samples=False, write=False)
+    exact = report["exact_match"]
+    assert exact["total"] == evaluate.QUICK_EXACT_MATCH_EXAMPLES
+    assert 0 <= exact["accuracy"] <= 1 and exact["correct"] == round(exact["accuracy"] * exact["total"])
+    assert report["samples"] is None and report["data"] == str(instructions)
+    assert "exact match" in evaluate.render_markdown(report)
