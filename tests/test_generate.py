@@ -156,3 +156,30 @@ def test_long_prompts_keep_their_end_and_bad_settings_are_refused(micro_config, 
                               sampling=generate.Sampling(top_p=0))
     with pytest.raises(UserError, match="outside"):
         generate.generate_ids(micro_config, spread_params, [[1, micro_config.vocab_size]], max_new_tokens=4)
+
+
+def test_lumi_generate_streams_the_greedy_continuation(tmp_path_factory, shared_data_dir, capsys):
+    from eval_runs import trained_runs
+
+    from lumi_jax import cli
+    from lumi_jax.run import load_run
+
+    run = trained_runs(tmp_path_factory, shared_data_dir)["under_trained"]
+    loaded = load_run(run)
+    (expected,) = generate.generate_ids(loaded.model_config, loaded.params,
+                                        [loaded.tokenizer.encode("The old", bos=True)], max_new_tokens=12)
+    assert cli.main(["generate", "--run", str(run), "--prompt", "The old", "--greedy",
+                     "--max-new-tokens", "12"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == "The old" + loaded.tokenizer.decode(expected.new_ids) + "\n"
+
+
+def test_lumi_generate_refuses_a_missing_run_in_one_line(tmp_path, capsys):
+    from lumi_jax import cli
+    from lumi_jax.errors import USER_ERROR_EXIT_STATUS
+
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["generate", "--run", str(tmp_path / "missing"), "--prompt", "x"])
+    assert stopped.value.code == USER_ERROR_EXIT_STATUS
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "no such run directory" in err and "\n" not in err
