@@ -1,9 +1,8 @@
 """Training throughput: tokens/s and MFU of the real train step, per model, on this machine.
 
-    .venv/bin/python benchmarks/train_throughput.py [--cases tiny:8 small:4] [--dtype float32|bfloat16]
+    .venv/bin/python benchmarks/train_throughput.py [--cases tiny:8:256 small:4:256] [--dtype float32|bfloat16]
 
-For each case (model config : batch size, context = the model's max_seq_len, 256 for tiny and
-small) it builds the state and the jitted, donated train step exactly as `lumi train` does,
+For each case (model config : batch size : context) it builds the state and the jitted, donated train step exactly as `lumi train` does,
 compiles it ahead of time (compile seconds reported apart), runs warm-up steps, then times
 --steps steps on fixed random tokens (throughput does not depend on the text). Reported:
 median step seconds, tokens/s, achieved FLOP/s and MFU with
@@ -58,9 +57,8 @@ def machine() -> dict:
             "jax": jax.__version__, "python": platform.python_version()}
 
 
-def measure(model_name: str, batch_size: int, dtype: str, steps: int, warmup: int) -> dict:
+def measure(model_name: str, batch_size: int, context: int, dtype: str, steps: int, warmup: int) -> dict:
     model = dataclasses.replace(load_model_config(model_name), dtype=dtype)
-    context = model.max_seq_len
     config = TrainConfig(steps=1000, batch_size=batch_size, context=context, warmup=10, dtype=dtype)
     mesh = shard.make_mesh()
     optimizer = make_optimizer(config)
@@ -105,13 +103,14 @@ def measure(model_name: str, batch_size: int, dtype: str, steps: int, warmup: in
         "peak_tflops": None if peak is None else round(peak / 1e12, 3), "peak_how": peak_how,
         "mfu": None if peak is None else round(flops_token * tokens_per_s / peak, 4),
         "process_cpu_s_per_step": round(cpu_s / steps, 3),
+        "tokens_per_process_cpu_s": round(tokens_per_step * steps / cpu_s, 1),
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=["tiny:8", "small:4"], help="MODEL:BATCH pairs")
+    parser.add_argument("--cases", nargs="+", default=["tiny:8:256", "small:4:256"], help="MODEL:BATCH:CONTEXT")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
@@ -120,8 +119,8 @@ def main() -> None:
 
     results = []
     for case in args.cases:
-        name, _, batch = case.partition(":")
-        result = measure(name, int(batch or 8), args.dtype, args.steps, args.warmup)
+        name, batch, context = (case.split(":") + ["8", "256"])[:3]
+        result = measure(name, int(batch), int(context), args.dtype, args.steps, args.warmup)
         print(json.dumps(result), flush=True)
         results.append(result)
     info = machine()

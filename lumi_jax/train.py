@@ -63,7 +63,7 @@ from lumi_jax.metrics import (
     read_metrics,
     tensorboard_writer_class,
 )
-from lumi_jax.model import forward, init_params
+from lumi_jax.model import forward, init_params, param_shapes
 from lumi_jax.optim import learning_rate_schedule, make_optimizer
 
 # Settings that change what is computed: a resume must keep them, or it is a different run.
@@ -226,6 +226,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
     temporary = path.with_suffix(path.suffix + ".tmp")
     temporary.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(temporary, path)
+
+
+def run_identity_hash(model_config: ModelConfig, train_config: TrainConfig) -> str:
+    """What a checkpoint must belong to: the model's shape and the settings that change the math."""
+    model = {k: v for k, v in model_config.to_dict().items() if k != "description"}
+    return config_hash({"model": model, "train": {f: getattr(train_config, f) for f in RESUME_LOCKED_FIELDS}})
 
 
 def check_resume_matches(stored: dict, model_config: ModelConfig, train_config: TrainConfig,
@@ -402,135 +408,134 @@ def train(
             shutil.copyfile(dataset.tokenizer_path, run_dir / "tokenizer.model")
 
     optimizer = make_optimizer(train_config)
-    identity_hash = config_hash({"model": run_config["model"],
-                                 "train": {f: run_config["train"][f] for f in RESUME_LOCKED_FIELDS}})
+    identity_hash = run_identity_hash(model_config, train_config)
 
-    if True:  # one indented block: everything below uses `mesh` explicitly
-        state, state_shardings = initial_state(model_config, train_config, optimizer, mesh, init_params)
-
-        store = CheckpointStore(run_dir / "checkpoints", keep=train_config.keep_checkpoints)
-        restored = store.restore_latest_good(
-            abstract_with_shardings(jax.eval_shape(lambda: state.params), state_shardings.params),
-            abstract_with_shardings(jax.eval_shape(lambda: state.opt_state), state_shardings.opt_state),
-        )
-        if is_writer:
-            for moved in store.set_aside_unreadable(run_dir / "checkpoints_unreadable"):
-                print(f"moved the unreadable checkpoint to {moved}; training continues from the one before",
-                      file=sys.stderr, flush=True)
+    abstract_state = jax.eval_shape(lambda params: new_state(params, optimizer), param_shapes(model_config))
+    state_shardings = shard.state_shardings(abstract_state, mesh)
+    store = CheckpointStore(run_dir / "checkpoints", keep=train_config.keep_checkpoints)
+    restored = store.restore_latest_good(
+        abstract_with_shardings(abstract_state.params, state_shardings.params),
+        abstract_with_shardings(abstract_state.opt_state, state_shardings.opt_state),
+    )
+    if is_writer:
+        for moved in store.set_aside_unreadable(run_dir / "checkpoints_unreadable"):
+            print(f"moved the unreadable checkpoint to {moved}; training continues from the one before",
+                  file=sys.stderr, flush=True)
+    if restored is None:
         start_step = 0
-        if restored is not None:
-            meta = restored["meta"]
-            if meta.get("tokenizer_sha256") != dataset.tokenizer_sha256 or meta.get("config_hash") != identity_hash:
-                raise UserError(f"{run_dir}: the checkpoint at step {meta.get('step')} belongs to another "
-                                "configuration; train into a new --out directory")
-            start_step = int(meta["step"])
-            del state  # donate nothing twice: the restored arrays replace the fresh ones
-            state = TrainState(step=jax.device_put(jnp.int32(start_step), state_shardings.step),
-                               params=restored["params"], opt_state=restored["opt_state"])
+        state, _ = initial_state(model_config, train_config, optimizer, mesh, init_params)
+    else:
+        meta = restored["meta"]
+        if meta.get("tokenizer_sha256") != dataset.tokenizer_sha256 or meta.get("config_hash") != identity_hash:
+            raise UserError(f"{run_dir}: the checkpoint at step {meta.get('step')} belongs to another "
+                            "configuration; train into a new --out directory")
+        start_step = int(meta["step"])
+        state = TrainState(step=jax.device_put(jnp.int32(start_step), state_shardings.step),
+                           params=restored["params"], opt_state=restored["opt_state"])
 
-        metrics_log = MetricsLog(run_dir, tensorboard=train_config.tensorboard, enabled=is_writer)
-        metrics_log.truncate_after(start_step)
-        display = ProgressDisplay(train_config.steps, start_step, enabled=show_progress and is_writer)
-        if start_step:
-            display.note(f"resuming {run_dir} from step {start_step}")
+    metrics_log = MetricsLog(run_dir, tensorboard=train_config.tensorboard, enabled=is_writer)
+    metrics_log.truncate_after(start_step)
+    display = ProgressDisplay(train_config.steps, start_step, enabled=show_progress and is_writer)
+    if start_step:
+        display.note(f"resuming {run_dir} from step {start_step}")
 
-        # Compile once, ahead of time, so compile time is never mistaken for step time.
-        rows = train_config.batch_size // jax.process_count()
-        batch_spec = {name: jax.ShapeDtypeStruct((train_config.batch_size, context), dtype,
-                                                 sharding=shard.batch_sharding(mesh))
-                      for name, dtype in (("inputs", jnp.int32), ("targets", jnp.int32), ("weights", jnp.float32))}
-        step_fn = jit_train_step(model_config, train_config, optimizer, mesh, state_shardings)
-        compile_started = time.perf_counter()
-        compiled_step = step_fn.lower(jax.eval_shape(lambda: state), batch_spec).compile()
-        eval_step = make_eval_step(model_config)
-        compile_time_s = time.perf_counter() - compile_started
+    # Compile once, ahead of time, so compile time is never mistaken for step time.
+    rows = train_config.batch_size // jax.process_count()
+    batch_spec = {name: jax.ShapeDtypeStruct((train_config.batch_size, context), dtype,
+                                             sharding=shard.batch_sharding(mesh))
+                  for name, dtype in (("inputs", jnp.int32), ("targets", jnp.int32), ("weights", jnp.float32))}
+    step_fn = jit_train_step(model_config, train_config, optimizer, mesh, state_shardings)
+    compile_started = time.perf_counter()
+    compiled_step = step_fn.lower(jax.eval_shape(lambda: state), batch_spec).compile()
+    eval_step = make_eval_step(model_config)
+    compile_time_s = time.perf_counter() - compile_started
 
-        train_split, val_split = dataset.split("train"), dataset.split("val")
-        tokens_per_step = train_config.batch_size * context
-        flops_token = flops_per_token(model_config, context)
-        peak, _peak_how = peak_flops()
-        rng_data = np.asarray(jax.random.key_data(jax.random.key(train_config.seed))).tolist()
+    train_split, val_split = dataset.split("train"), dataset.split("val")
+    tokens_per_step = train_config.batch_size * context
+    flops_token = flops_per_token(model_config, context)
+    peak, _peak_how = peak_flops()
+    rng_data = np.asarray(jax.random.key_data(jax.random.key(train_config.seed))).tolist()
 
-        def load_batch(step: int) -> dict[str, jax.Array]:
-            batch = data_loader.train_batch(
-                train_split, seed=train_config.seed, step=step, batch_size=train_config.batch_size,
-                context=context, process_index=jax.process_index(), process_count=jax.process_count())
-            arrays = {"inputs": batch.inputs, "targets": batch.targets, "weights": batch.weights}
-            assert arrays["inputs"].shape == (rows, context), "the loader returned a batch of another shape"
-            return shard.put_batch(arrays, mesh)
+    def load_batch(step: int) -> dict[str, jax.Array]:
+        batch = data_loader.train_batch(
+            train_split, seed=train_config.seed, step=step, batch_size=train_config.batch_size,
+            context=context, process_index=jax.process_index(), process_count=jax.process_count())
+        arrays = {"inputs": batch.inputs, "targets": batch.targets, "weights": batch.weights}
+        assert arrays["inputs"].shape == (rows, context), "the loader returned a batch of another shape"
+        return shard.put_batch(arrays, mesh)
 
-        def save(step: int) -> None:
-            meta = {"step": step, "rng": rng_data, "loader": {"seed": train_config.seed, "next_step": step},
-                    "config_hash": identity_hash, "tokenizer_sha256": dataset.tokenizer_sha256}
-            store.save(step, state.params, state.opt_state, meta)
+    def save(step: int) -> None:
+        meta = {"step": step, "rng": rng_data, "loader": {"seed": train_config.seed, "next_step": step},
+                "config_hash": identity_hash, "tokenizer_sha256": dataset.tokenizer_sha256}
+        store.save(step, state.params, state.opt_state, meta)
 
-        eval_seconds = [0.0]  # the last evaluation's duration, kept back from the time budget
+    eval_seconds = [0.0]  # the last evaluation's duration, kept back from the time budget
 
-        def run_eval(step: int) -> float:
+    def run_eval(step: int) -> float:
+        started = time.perf_counter()
+        val_loss = evaluate_split(eval_step, state.params, val_split, train_config, context, mesh)
+        eval_seconds[0] = time.perf_counter() - started
+        metrics_log.write({"step": step, "val_loss": val_loss,
+                           "val_ppl": math.exp(val_loss) if val_loss < 50 else float("inf"),
+                           "elapsed_s": stopwatch.elapsed()})
+        return val_loss
+
+    step = start_step
+    stop_reason = "completed"
+    message = ""
+    last_loss = last_val = None
+    step_times: list[float] = []
+    tokens_seen_now = 0
+    next_batch = load_batch(step) if step < train_config.steps else None
+    with StopRequest() as stop:
+        while step < train_config.steps:
             started = time.perf_counter()
-            val_loss = evaluate_split(eval_step, state.params, val_split, train_config, context, mesh)
-            eval_seconds[0] = time.perf_counter() - started
-            metrics_log.write({"step": step, "val_loss": val_loss,
-                               "val_ppl": math.exp(val_loss) if val_loss < 50 else float("inf"),
-                               "elapsed_s": stopwatch.elapsed()})
-            return val_loss
+            state, metrics = compiled_step(state, next_batch)
+            # Prepare the next batch on the host while the device computes this step.
+            next_batch = load_batch(step + 1) if step + 1 < train_config.steps else None
+            loss, grad_norm, lr, finite = (float(metrics["loss"]), float(metrics["grad_norm"]),
+                                           float(metrics["lr"]), bool(metrics["finite"]))
+            step_time = time.perf_counter() - started
+            if not finite:
+                stop_reason = "nan"
+                message = (f"training diverged at step {step + 1}: loss {loss:.4g}, gradient norm {grad_norm:.4g} "
+                           f"(lr {lr:.3g}); the last good state (step {step}) is saved; lower --lr "
+                           f"(now {train_config.lr:g}) or lengthen --warmup, and train into a new --out")
+                break
+            step += 1
+            last_loss = loss
+            tokens_seen_now += tokens_per_step
+            step_times.append(step_time)
+            if step % train_config.log_every == 0 or step == train_config.steps or step == start_step + 1:
+                recent = step_times[-train_config.log_every:]
+                tokens_per_s = tokens_per_step / (sum(recent) / len(recent))
+                record = {"step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr,
+                          "tokens_per_s": tokens_per_s, "step_time_s": step_time,
+                          "mfu": flops_token * tokens_per_s / peak if peak else None,
+                          "tokens": step * tokens_per_step, "elapsed_s": stopwatch.elapsed()}
+                metrics_log.write(record)
+                eta = (train_config.steps - step) * sum(recent) / len(recent)
+                display.update(record, train_config.steps, stopwatch.left(), eta)
+            if train_config.eval_every and step % train_config.eval_every == 0 and step < train_config.steps:
+                last_val = run_eval(step)
+            if step % train_config.save_every == 0 and step < train_config.steps:
+                save(step)
+            if stop.signal_name is not None:
+                stop_reason = "signal"
+                break
+            # Stop while there is still time for one more step and the final evaluation.
+            budget_left = stopwatch.left()
+            if budget_left is not None and budget_left < step_times[-1] + eval_seconds[0]:
+                stop_reason = "time_budget"
+                break
 
-        step = start_step
-        stop_reason = "completed"
-        message = ""
-        last_loss = last_val = None
-        step_times: list[float] = []
-        tokens_seen_now = 0
-        next_batch = load_batch(step) if step < train_config.steps else None
-        with StopRequest() as stop:
-            while step < train_config.steps:
-                started = time.perf_counter()
-                state, metrics = compiled_step(state, next_batch)
-                # Prepare the next batch on the host while the device computes this step.
-                next_batch = load_batch(step + 1) if step + 1 < train_config.steps else None
-                loss, grad_norm, lr, finite = (float(metrics["loss"]), float(metrics["grad_norm"]),
-                                               float(metrics["lr"]), bool(metrics["finite"]))
-                step_time = time.perf_counter() - started
-                if not finite:
-                    stop_reason = "nan"
-                    message = (f"training diverged at step {step + 1}: loss {loss:.4g}, gradient norm {grad_norm:.4g} "
-                               f"(lr {lr:.3g}); the last good state (step {step}) is saved; lower --lr "
-                               f"(now {train_config.lr:g}) or lengthen --warmup, and train into a new --out")
-                    break
-                step += 1
-                last_loss = loss
-                tokens_seen_now += tokens_per_step
-                step_times.append(step_time)
-                if step % train_config.log_every == 0 or step == train_config.steps or step == start_step + 1:
-                    recent = step_times[-train_config.log_every:]
-                    tokens_per_s = tokens_per_step / (sum(recent) / len(recent))
-                    record = {"step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr,
-                              "tokens_per_s": tokens_per_s, "step_time_s": step_time,
-                              "mfu": flops_token * tokens_per_s / peak if peak else None,
-                              "tokens": step * tokens_per_step, "elapsed_s": stopwatch.elapsed()}
-                    metrics_log.write(record)
-                    eta = (train_config.steps - step) * sum(recent) / len(recent)
-                    display.update(record, train_config.steps, stopwatch.left(), eta)
-                if train_config.eval_every and step % train_config.eval_every == 0 and step < train_config.steps:
-                    last_val = run_eval(step)
-                if step % train_config.save_every == 0 and step < train_config.steps:
-                    save(step)
-                if stop.signal_name is not None:
-                    stop_reason = "signal"
-                    break
-                # Stop while there is still time for one more step and the final evaluation.
-                budget_left = stopwatch.left()
-                if budget_left is not None and budget_left < step_times[-1] + eval_seconds[0]:
-                    stop_reason = "time_budget"
-                    break
-
-        if stop_reason in ("completed", "time_budget") and train_config.eval_every:
-            last_val = run_eval(step)
-        if step > 0 and (stop_reason != "nan" or step > start_step):
-            save(step)
-        store.close()
-        display.close()
-        metrics_log.close()
+    if stop_reason in ("completed", "time_budget") and train_config.eval_every:
+        last_val = run_eval(step)
+    if step > 0 and (stop_reason != "nan" or step > start_step):
+        save(step)
+    store.close()
+    display.close()
+    metrics_log.close()
 
     if stop_reason == "signal":
         message = (f"stopped by {stop.signal_name} at step {step}; checkpoint saved; resume with: "
