@@ -49,7 +49,7 @@ def statistics(run_dir: Path) -> dict:
     steps_t, losses_t, steps_v, losses_v = assess.split_curves(read_metrics(run_dir / "metrics.jsonl"))
     _residuals, _steps, noise = assess.robust_noise(steps_t, losses_t)
     overfit = assess.over_fitting(steps_t, losses_t, steps_v, losses_v, noise)["values"]
-    under = assess.under_training(steps_t, losses_t, steps_v, losses_v, config["train"], int(steps_t[-1]))["values"]
+    under = assess.under_training(steps_t, losses_t, steps_v, losses_v, int(steps_t[-1]))["values"]
     spikes = assess.loss_spikes(steps_t, losses_t, config["train"], None)["values"]
     return {"gap_ratio": overfit.get("gap_ratio"), "rise_ratio": overfit.get("rise_ratio"),
             "drop_ratio_last_third": under.get("drop_ratio"), "drop_curve": under.get("curve"),

@@ -194,8 +194,7 @@ def over_fitting(train_steps, train_losses, eval_steps, val_losses, train_noise_
                     f"({gap / val_end:+.1%}), within the {OVERFIT_GAP_RATIO:.0%} seen in healthy runs", **values)
 
 
-def under_training(train_steps, train_losses, eval_steps, val_losses, train_config: dict,
-                   total_steps: int) -> dict[str, Any]:
+def under_training(train_steps, train_losses, eval_steps, val_losses, total_steps: int) -> dict[str, Any]:
     use_val = len(eval_steps) >= 4
     steps, losses, curve = (eval_steps, val_losses, "validation") if use_val else (train_steps, train_losses, "training")
     fit = end_slope(steps, losses)
@@ -347,7 +346,7 @@ def assess_run(run_dir: str | Path, *, write: bool = True, evaluate_if_missing: 
         findings.append(baseline_gain(evaluation))
     findings += [
         over_fitting(train_steps, train_losses, eval_steps, val_losses, noise_sd),
-        under_training(train_steps, train_losses, eval_steps, val_losses, train_config, last_step),
+        under_training(train_steps, train_losses, eval_steps, val_losses, last_step),
         loss_spikes(train_steps, train_losses, train_config, summary.get("stop_reason")),
         data_budget(tokens_seen, params, train_tokens, tokens_per_step, last_step),
     ]

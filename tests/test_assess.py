@@ -71,8 +71,8 @@ def test_the_end_slope_separates_falling_from_flat_curves():
     fit = assess.end_slope(step, falling)
     assert fit["slope_per_step"] == pytest.approx(-0.01)
     assert fit["drop_over_last_third"] == pytest.approx(1.0)  # 100 steps × 0.01
-    assert assess.under_training(step, falling, step, falling, {}, 300)["status"] == "problem"
-    assert assess.under_training(step, flat, step, flat, {}, 300)["status"] == "ok"
+    assert assess.under_training(step, falling, step, falling, 300)["status"] == "problem"
+    assert assess.under_training(step, flat, step, flat, 300)["status"] == "ok"
 
 
 def test_data_budget_counts_tokens_per_parameter_and_epochs():
