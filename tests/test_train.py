@@ -144,6 +144,22 @@ def test_gradient_accumulation_equals_the_whole_batch(stepper, one_batch):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_bf16_compute_with_remat_keeps_float32_master_parameters(micro_config, stepper, one_batch):
+    steps, fresh = stepper
+    batch = as_arrays(one_batch)
+    _, fp32_metrics = steps[1](fresh(), batch)
+    bf16_config = dataclasses.replace(STEP_CONFIG, dtype="bfloat16", remat=True)
+    bf16_model = dataclasses.replace(micro_config, dtype="bfloat16")
+    mesh = shard.make_mesh()
+    optimizer = make_optimizer(bf16_config)
+    state, shardings = initial_state(bf16_model, bf16_config, optimizer, mesh)
+    state, metrics = jit_train_step(bf16_model, bf16_config, optimizer, mesh, shardings)(state, batch)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.opt_state) if leaf.ndim)
+    assert float(metrics["loss"]) == pytest.approx(float(fp32_metrics["loss"]), rel=0.02)
+    assert float(metrics["grad_norm"]) == pytest.approx(float(fp32_metrics["grad_norm"]), rel=0.1)
+
+
 @pytest.fixture(scope="module")
 def finished_run(micro_config, dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "micro"
