@@ -29,6 +29,7 @@ the same length are reported next to them, so the numbers have a yardstick):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import json
@@ -269,7 +270,9 @@ def evaluate_loaded(loaded, data_dir: str | Path | None = None, *, quick: bool =
     """Evaluate an already loaded run (`lumi_jax.run.load_run`); returns the eval.json content."""
     started = time.perf_counter()
     data_dir, dataset = open_run_dataset(loaded, data_dir)
-    config = loaded.model_config
+    # Scored in float32 whatever the training compute dtype: the reported number is the model's,
+    # not bfloat16 rounding's (parameters are float32 in every checkpoint).
+    config = dataclasses.replace(loaded.model_config, dtype="float32")
     context = min(loaded.train_config.context or config.max_seq_len, config.max_seq_len)
     val_split = dataset.split("val")
     unigram = unigram_log_probs(dataset.split("train").tokens, config.vocab_size)
@@ -286,7 +289,8 @@ def evaluate_loaded(loaded, data_dir: str | Path | None = None, *, quick: bool =
         "data": str(data_dir),
         "quick": quick,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "model": {"name": config.name, "params": param_count(loaded.params), "vocab_size": config.vocab_size},
+        "model": {"name": config.name, "params": param_count(loaded.params), "vocab_size": config.vocab_size,
+                  "compute_dtype": config.dtype},
         "validation": validation,
         "baselines": baselines,
         "gain_over_unigram_bits_per_byte": baselines["unigram"]["bits_per_byte"] - validation["bits_per_byte"],

@@ -311,6 +311,13 @@ def generate_text(
 # `lumi generate`.
 
 
+def inference_config(config: ModelConfig) -> ModelConfig:
+    """The run's compute dtype, except on a CPU, where bfloat16 is emulated and only slower."""
+    if config.dtype != "float32" and jax.default_backend() == "cpu":
+        return dataclasses.replace(config, dtype="float32")
+    return config
+
+
 def read_prompts_file(path: Path) -> list[str]:
     """A .json file (a list of strings, or {category: [strings]}) or a text file, one prompt a line."""
     if not path.is_file():
@@ -363,7 +370,7 @@ def _print_results(prompts: Sequence[str], completions: Sequence[str]) -> None:
         console.print(f"[bold]{escape(prompt)}[/bold]{escape(completion)}", highlight=False)
 
 
-def _chat_loop(loaded, sampling: Sampling, args) -> int:
+def _chat_loop(loaded, config: ModelConfig, sampling: Sampling, args) -> int:
     """Multi-turn chat in the fine-tuning template: each answer is asked with the whole history
     (its oldest tokens drop out first when it outgrows the context)."""
     from lumi_jax import sft
@@ -381,7 +388,7 @@ def _chat_loop(loaded, sampling: Sampling, args) -> int:
         messages.append({"role": "user", "content": line})
         prompt_ids = [loaded.tokenizer.encode(sft.format_chat_prompt(messages), bos=True)]
         streamer = TextStreamer(loaded.tokenizer, file=sys.stdout)
-        (result,) = generate_ids(loaded.model_config, loaded.params, prompt_ids,
+        (result,) = generate_ids(config, loaded.params, prompt_ids,
                                  max_new_tokens=args.max_new_tokens, sampling=sampling,
                                  seed=args.seed + len(messages), on_token=streamer)
         print(flush=True)
@@ -396,18 +403,19 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size is {args.batch_size}; use a positive number of prompts")
     loaded = load_run(args.run or latest_run(), step=args.step)
+    config = inference_config(loaded.model_config)
     if args.chat:
-        return _chat_loop(loaded, sampling, args)
+        return _chat_loop(loaded, config, sampling, args)
     prompts = read_prompts_file(args.prompts) if args.prompts else (args.prompt or [""])
     if len(prompts) == 1:
         print(prompts[0], end="", flush=True)
-        generate_text(loaded.model_config, loaded.params, loaded.tokenizer, prompts,
+        generate_text(config, loaded.params, loaded.tokenizer, prompts,
                       max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed, stream_to=sys.stdout)
         print(flush=True)
         return 0
     for start in range(0, len(prompts), args.batch_size):
         chunk = prompts[start:start + args.batch_size]
-        completions = generate_text(loaded.model_config, loaded.params, loaded.tokenizer, chunk,
+        completions = generate_text(config, loaded.params, loaded.tokenizer, chunk,
                                     max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed + start)
         _print_results(chunk, completions)
     return 0
