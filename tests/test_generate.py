@@ -105,6 +105,30 @@ def test_top_p_keeps_the_smallest_set_over_the_mass():
     assert kept(0.9, top_k=2) == {1, 3}  # top-p works on what top-k left
 
 
+def kept_by_sorting(logits_V, top_k, top_p):
+    """The reference for the filters: rank by sorting, keep ranks < k, then the smallest prefix
+    of the renormalised distribution whose mass reaches p."""
+    order = np.argsort(-logits_V, kind="stable")
+    if top_k:
+        order = order[:top_k]
+    probs = np.exp(logits_V[order] - logits_V[order].max())
+    probs /= probs.sum()
+    mass_above = np.cumsum(probs) - probs
+    return set(order[(mass_above < top_p) | (top_p >= 1)].tolist())
+
+
+def test_filters_match_a_sorting_reference_on_random_logits():
+    rng = np.random.default_rng(0)
+    logits_BV = rng.normal(0, 3, (32, 512)).astype(np.float32)
+    settings = [(int(rng.integers(0, 40)), float(rng.uniform(0.05, 1.0))) for _ in range(6)] + [(0, 1.0), (1, 1.0)]
+    for top_k, top_p in settings:
+        out = np.asarray(generate.filter_logits(jnp.asarray(logits_BV), jnp.float32(1.0), jnp.int32(top_k),
+                                                jnp.float32(top_p)))
+        for row in range(len(logits_BV)):
+            assert set(np.flatnonzero(np.isfinite(out[row])).tolist()) == kept_by_sorting(
+                logits_BV[row].astype(np.float64), top_k, top_p), (top_k, top_p, row)
+
+
 def test_sampled_tokens_stay_inside_the_kept_set():
     logits = jnp.log(jnp.asarray([[0.05, 0.5, 0.15, 0.3]] * 256))
     tokens = generate.sample_tokens(logits, jax.random.key(0), jnp.float32(1.0), jnp.int32(0),
