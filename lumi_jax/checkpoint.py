@@ -72,6 +72,10 @@ class CheckpointStore:
         self.manager.wait_until_finished()
         self.manager.close()
 
+    def read_meta(self, step: int) -> dict:
+        """Only the JSON part of a checkpoint: step, RNG, loader position, config, tokenizer hash."""
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
     def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any = None) -> dict:
         """Restore one step: {"params", "opt_state" (when asked), "meta"}. Raises if unreadable."""
         items = {

@@ -466,7 +466,8 @@ def train(
 
     def save(step: int) -> None:
         meta = {"step": step, "rng": rng_data, "loader": {"seed": train_config.seed, "next_step": step},
-                "config_hash": identity_hash, "tokenizer_sha256": dataset.tokenizer_sha256}
+                "config_hash": identity_hash, "tokenizer_sha256": dataset.tokenizer_sha256,
+                "config": {"model": run_config["model"], "train": run_config["train"]}}
         store.save(step, state.params, state.opt_state, meta)
 
     eval_seconds = [0.0]  # the last evaluation's duration, kept back from the time budget

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from lumi_jax import sharding as shard
+from lumi_jax.checkpoint import CheckpointStore
 from lumi_jax.config import TrainConfig
 from lumi_jax.data import loader
 from lumi_jax.data.prepare import prepare_dataset
@@ -188,6 +189,10 @@ def test_training_writes_the_run_directory_contract(finished_run, dataset_dir):
     # The loss falls clearly: from ~ln(512) = 6.2 to well below.
     assert train_lines[0]["loss"] > 5.5 and saved["final_train_loss"] < 4.5
     assert sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == [100, 200, 300]
+    meta = CheckpointStore(out / "checkpoints", read_only=True).read_meta(200)
+    assert meta["step"] == 200 and meta["loader"] == {"seed": 0, "next_step": 200}
+    assert meta["tokenizer_sha256"] == config["data"]["tokenizer_sha256"] and len(meta["rng"]) == 2
+    assert meta["config"] == {"model": config["model"], "train": config["train"]}
 
 
 def test_tensorboard_event_files_when_asked(finished_run):
