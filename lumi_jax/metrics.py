@@ -142,24 +142,27 @@ def _duration(seconds: float | None) -> str:
 
 
 class ProgressDisplay:
-    """A live rich progress bar on a terminal; one plain line per logged step otherwise (logs)."""
+    """On a terminal, a live bar with the numbers on a line below it (so a narrow terminal cuts
+    nothing); elsewhere (logs, pipes) one plain line per logged step."""
 
     def __init__(self, total_steps: int, start_step: int, *, enabled: bool = True):
         from rich.console import Console
 
         self.enabled = enabled
         self.console = Console(stderr=False)
-        self.live = enabled and self.console.is_terminal
-        self.progress = None
-        if self.live:
+        self.live = None
+        if enabled and self.console.is_terminal:
+            from rich.console import Group
+            from rich.live import Live
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+            from rich.text import Text
 
-            self.progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"), console=self.console, transient=False,
-            )
-            self.task = self.progress.add_task("train", total=total_steps, completed=start_step, stats="compiling…")
-            self.progress.start()
+            self.progress = Progress(TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(bar_width=None),
+                                     console=self.console, expand=True)
+            self.task = self.progress.add_task("train", total=total_steps, completed=start_step)
+            self.stats = Text("compiling…")
+            self.live = Live(Group(self.progress, self.stats), console=self.console, refresh_per_second=4)
+            self.live.start()
 
     @staticmethod
     def describe(record: dict[str, Any], budget_left_s: float | None, eta_s: float | None) -> str:
@@ -179,8 +182,9 @@ class ProgressDisplay:
         if not self.enabled:
             return
         text = self.describe(record, budget_left_s, eta_s)
-        if self.live:
-            self.progress.update(self.task, completed=record["step"], stats=text)
+        if self.live is not None:
+            self.progress.update(self.task, completed=record["step"])
+            self.stats.plain = text
         else:
             print(f"step {record['step']}/{total_steps} · {text}", flush=True)
 
@@ -189,8 +193,8 @@ class ProgressDisplay:
             self.console.print(message, highlight=False, markup=False)
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        if self.live is not None:
+            self.live.stop()
 
 
 def plot_curves(metrics: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:
