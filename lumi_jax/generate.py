@@ -211,6 +211,15 @@ def compiled_count() -> int:
     return _decode._cache_size()
 
 
+def _fit_prompt(ids: list[int], room: int) -> list[int]:
+    """The prompt's last `room` ids; a leading BOS stays (as lumi_jax.sft cuts over-long examples)."""
+    if len(ids) <= room:
+        return ids
+    if ids[0] == BOS_ID and room > 1:
+        return [BOS_ID, *ids[len(ids) - room + 1:]]
+    return ids[len(ids) - room:]
+
+
 def generate_ids(
     config: ModelConfig,
     params: Any,
@@ -226,7 +235,7 @@ def generate_ids(
     """Continue each prompt (token ids, normally starting with BOS) by up to `max_new_tokens`.
 
     A prompt longer than the context leaves room for the new tokens by keeping its last
-    `max_seq_len - max_new_tokens` ids. `on_token(step, tokens_B)` streams each step's tokens
+    `max_seq_len - max_new_tokens` ids (after its BOS, which stays). `on_token(step, tokens_B)` streams each step's tokens
     (rows in prompt order; the batch may carry extra padding rows at the end).
     `new_tokens_bucket` pins the compiled cache room (default: max_new_tokens rounded up to a
     power of two), so calls with different token budgets can share one compilation.
@@ -238,7 +247,7 @@ def generate_ids(
         raise UserError(f"max new tokens is {max_new_tokens}; use 1 to {config.max_seq_len - 1} "
                         f"(model '{config.name}' has a context of {config.max_seq_len})")
     room = config.max_seq_len - max_new_tokens
-    kept = [list(map(int, p))[-room:] for p in prompts]
+    kept = [_fit_prompt(list(map(int, p)), room) for p in prompts]
     if any(len(p) == 0 for p in kept):
         raise UserError("an empty prompt has nothing to continue; start prompts with BOS (the text "
                         "functions do this)")

@@ -173,6 +173,8 @@ def test_long_prompts_keep_their_end_and_bad_settings_are_refused(micro_config, 
     long_prompt = list(range(3, 3 + micro_config.max_seq_len + 10))
     (result,) = generate.generate_ids(micro_config, spread_params, [long_prompt], max_new_tokens=4)
     assert result.prompt_ids == long_prompt[-(micro_config.max_seq_len - 4):]
+    (with_bos,) = generate.generate_ids(micro_config, spread_params, [[1, *long_prompt]], max_new_tokens=4)
+    assert with_bos.prompt_ids == [1, *long_prompt[-(micro_config.max_seq_len - 5):]]  # BOS stays
     with pytest.raises(UserError, match="max new tokens"):
         generate.generate_ids(micro_config, spread_params, PROMPTS, max_new_tokens=micro_config.max_seq_len)
     with pytest.raises(UserError, match="top-p"):
