@@ -481,6 +481,11 @@ def train(
                            "elapsed_s": stopwatch.elapsed()})
         return val_loss
 
+    def saved_note(good_step: int) -> str:
+        if good_step == 0:
+            return "no step succeeded, so there is no checkpoint"
+        return f"the last good state (step {good_step}) is saved"
+
     step = start_step
     stop_reason = "completed"
     message = ""
@@ -500,7 +505,7 @@ def train(
             if not finite:
                 stop_reason = "nan"
                 message = (f"training diverged at step {step + 1}: loss {loss:.4g}, gradient norm {grad_norm:.4g} "
-                           f"(lr {lr:.3g}); the last good state (step {step}) is saved; lower --lr "
+                           f"(lr {lr:.3g}); {saved_note(step)}; lower --lr "
                            f"(now {train_config.lr:g}) or lengthen --warmup, and train into a new --out")
                 break
             step += 1
@@ -562,9 +567,9 @@ def train(
     if is_writer:
         write_json_atomic(run_dir / "summary.json", summary)
         plot_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "curves.png", title=str(run_dir))
+        if message and stop_reason != "nan":  # how to resume: printed even when the display is off
+            print(message, flush=True)  # (a divergence is the caller's to report: the CLI's error line)
         if show_progress:
-            if message:
-                print(message, file=sys.stderr if stop_reason == "nan" else sys.stdout, flush=True)
             val_text = f", val loss {last_val:.4f}" if last_val is not None else ""
             loss_text = f"train loss {last_loss:.4f}" if last_loss is not None else "no step"
             print(f"{run_dir}: {stop_reason} at step {step} ({loss_text}{val_text}) in "
