@@ -134,7 +134,8 @@ def next_session(found_datasets: list, found_runs: list, records: list) -> str:
     latest = records[-1] if records else None
     if latest and latest["status"] not in ("passed", "running"):
         where = f" at step '{latest['failed_step']}'" if latest.get("failed_step") else ""
-        return (f"the last session ({latest['session']}) {latest['status']}{where}: {latest.get('error') or ''} "
+        why = f": {latest['error']}" if latest.get("error") else ""
+        return (f"the last session ({latest['session']}) {latest['status']}{where}{why} "
                 f"— see {latest.get('log')}; fix it, then run `make session-{latest['session']}` again")
     passed = {r["session"] for r in records if r["status"] == "passed"}
     if not found_runs and "quick" not in passed:
