@@ -191,7 +191,8 @@ def over_fitting(train_steps, train_losses, eval_steps, val_losses, train_noise_
                         "in a new run), or raise --weight-decay", **values)
     return _finding("over_fitting", "ok",
                     f"validation {val_end:.3f} vs training {train_end:.3f} nats: a gap of {gap:+.3f} "
-                    f"({gap / val_end:+.1%}), within the {OVERFIT_GAP_RATIO:.0%} seen in healthy runs", **values)
+                    f"({gap / val_end:+.1%}; over-fitted runs measured +10% and more); validation loss ended "
+                    f"{rise:.3f} above its minimum", **values)
 
 
 def under_training(train_steps, train_losses, eval_steps, val_losses, total_steps: int) -> dict[str, Any]:
@@ -212,8 +213,10 @@ def under_training(train_steps, train_losses, eval_steps, val_losses, total_step
                         f"± {fit['slope_stderr']:.1e} per step)",
                         f"train about {more} more steps (--steps {total_steps + more} with --resume); the "
                         "curve has not flattened yet", **values)
+    how = "had flattened" if drop_ratio <= UNDERTRAINED_DROP_RATIO else "moved, but within its noise"
     return _finding("under_training", "ok",
-                    f"the {curve} loss changed {-drop_ratio:+.1%} over the last third: it had flattened", **values)
+                    f"the {curve} loss changed {-drop_ratio:+.1%} over the last third (slope "
+                    f"{fit['slope_per_step']:.1e} ± {fit['slope_stderr']:.1e} per step): it {how}", **values)
 
 
 def loss_spikes(train_steps, train_losses, train_config: dict, stop_reason: str | None) -> dict[str, Any]:
