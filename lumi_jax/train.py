@@ -369,6 +369,13 @@ def train(
     context = train_config.context or model_config.max_seq_len
     data_path, run_dir = Path(data_path), Path(out_dir)
     dataset = open_dataset(data_path, model_config, context)
+    for split_name in ("train", "val") if train_config.eval_every else ("train",):
+        if len(dataset.split(split_name)) < context + 1:
+            raise UserError(
+                f"{data_path}: the {split_name} split has {len(dataset.split(split_name))} tokens, fewer than one "
+                f"window of context {context} + 1; prepare more text, or train with a shorter --context"
+                + (" (or --eval-every 0)" if split_name == "val" else "")
+            )
     if train_config.tensorboard:
         tensorboard_writer_class()  # a missing package is found before anything is written
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
+import numpy as np
 import pytest
 
 from lumi_jax.cli import main
@@ -79,6 +81,18 @@ def test_data_that_does_not_fit_the_model(capsys, dataset_dir, tmp_path):
                "has 512 ids but model 'tiny' has vocab_size 4096")
     fails_with(capsys, ["--model", "micro", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")],
                "no such dataset directory")
+
+
+def test_validation_split_shorter_than_one_window(capsys, dataset_dir, tmp_path):
+    small = tmp_path / "small-val"
+    shutil.copytree(dataset_dir, small)
+    meta = json.loads((small / "meta.json").read_text())
+    dtype = np.dtype(meta["token_dtype"])
+    (small / "val.bin").write_bytes(np.fromfile(dataset_dir / "val.bin", dtype)[:50].tobytes())
+    (small / "meta.json").write_text(json.dumps({**meta, "val_tokens": 50}))
+    fails_with(capsys, ["--model", "micro", "--context", "64", "--data", str(small),
+                        "--out", str(tmp_path / "r")], "the val split has 50 tokens", "--eval-every 0")
+    assert not (tmp_path / "r").exists()
 
 
 def test_out_directory_that_is_not_a_run(capsys, dataset_dir, tmp_path):
