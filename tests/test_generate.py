@@ -121,9 +121,10 @@ def test_filters_match_a_sorting_reference_on_random_logits():
     rng = np.random.default_rng(0)
     logits_BV = rng.normal(0, 3, (32, 512)).astype(np.float32)
     settings = [(int(rng.integers(0, 40)), float(rng.uniform(0.05, 1.0))) for _ in range(6)] + [(0, 1.0), (1, 1.0)]
+    filter_logits = jax.jit(generate.filter_logits)  # one compilation for every setting
     for top_k, top_p in settings:
-        out = np.asarray(generate.filter_logits(jnp.asarray(logits_BV), jnp.float32(1.0), jnp.int32(top_k),
-                                                jnp.float32(top_p)))
+        out = np.asarray(filter_logits(jnp.asarray(logits_BV), jnp.float32(1.0), jnp.int32(top_k),
+                                       jnp.float32(top_p)))
         for row in range(len(logits_BV)):
             assert set(np.flatnonzero(np.isfinite(out[row])).tolist()) == kept_by_sorting(
                 logits_BV[row].astype(np.float64), top_k, top_p), (top_k, top_p, row)
@@ -209,3 +210,36 @@ def test_lumi_generate_refuses_a_missing_run_in_one_line(tmp_path, capsys):
     assert stopped.value.code == USER_ERROR_EXIT_STATUS
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "no such run directory" in err and "\n" not in err
+
+
+def test_chat_asks_in_the_instruction_template_and_keeps_the_history(tmp_path_factory, shared_data_dir,
+                                                                      monkeypatch, capsys):
+    from eval_runs import trained_runs
+
+    from lumi_jax import cli, sft
+    from lumi_jax.run import load_run
+
+    run = trained_runs(tmp_path_factory, shared_data_dir)["under_trained"]
+    loaded = load_run(run)
+    lines = iter(["Name a colour.", "And another?"])
+
+    def typed(_prompt=""):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", typed)
+    assert cli.main(["generate", "--run", str(run), "--chat", "--greedy", "--max-new-tokens", "6"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+
+    def answer(messages):
+        prompt = loaded.tokenizer.encode(sft.format_chat_prompt(messages), bos=True)
+        (result,) = generate.generate_ids(loaded.model_config, loaded.params, [prompt], max_new_tokens=6,
+                                          on_token=lambda *_: None)  # streaming, as the CLI: same compilation
+        return loaded.tokenizer.decode(result.new_ids)
+
+    first = answer([{"role": "user", "content": "Name a colour."}])
+    second = answer([{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": first},
+                     {"role": "user", "content": "And another?"}])
+    assert "\n".join(printed) == first + "\n" + second
