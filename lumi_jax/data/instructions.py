@@ -1,21 +1,25 @@
 """Instruction data for fine-tuning: the `sample-instructions` source and instruction JSONL.
 
 `sample-instructions` generates instruction/response pairs from four task families, all in the
-words of the `sample` stories (their names, things, colours, places and feelings), with short,
+words of the `sample` stories (their names, things, animals, foods and colors), with short,
 systematic answers a ~6M model can learn:
 
-    arithmetic   add or subtract 1 to 3, the bigger / smaller of two numbers to 19, the number after / before
-    lists        reverse a list of three, its first or last item, how many items
-    story world  questions answered by a two-sentence story: whose thing, what color, where, how
-    formats      fields to JSON, fields to key=value, a list to bullet points
+    arithmetic   add 1 to 3 to a digit, the bigger / smaller of two numbers to 19
+    lists        the first or last item of a list, how many items it has
+    story world  questions answered by a two-sentence story: whose thing is it, what color
+    formats      two fields ("name: Lily, pet: dog") to key=value pairs ("name=Lily; pet=dog")
+
+Nine tasks with answers of one to eight tokens: what a ~6M model fine-tuned for 15 minutes on
+a 2-core CPU can learn (a first version with longer answers - reversed lists, JSON, bullet
+lists, subtraction, neighbours of two-digit numbers - reached 3% in that budget).
 
 Held-out split = UNSEEN COMBINATIONS. Every example has a *combination*: the pairing of parts
 it tests, e.g. (add, phrasing 2, 3, 4) or (color question, Lily, red). A seeded hash puts about
 one combination in ten aside; the training split never contains a set-aside combination, the
 held-out split contains nothing else. The parts themselves (each phrasing, name, number, word)
-all occur in training, only never in that pairing: a held-out question asks "Subtract 3 from 7."
-when training saw 7 − 3 only as "What is 7 minus 3?", or asks the colour of Lily's thing when
-training never answered a color question about Lily with that colour.
+all occur in training, only never in that pairing: a held-out question asks "Add 7 and 2." when
+training saw 7 + 2 only as "What is 7 plus 2?", or asks the color of Lily's thing when training
+never answered a color question about Lily with that color.
 
 Instruction JSONL (a `lumi prepare` path source): alpaca-style records
 {"instruction", "input" (optional), "output"}, or chat records {"messages": [{"role", "content"},
@@ -76,8 +80,6 @@ NAMES = world.GIRL_NAMES + world.BOY_NAMES
 COLORS = world.COLORS
 THINGS = [t for t in world.THINGS if " " not in t]
 ITEMS = THINGS + world.ANIMALS + world.FOODS
-PLACES = list(world.PLACES)
-FEELINGS = world.FEELINGS_GOOD + world.FEELINGS_BAD
 # Arithmetic stays within a fact table a tiny model can hold and rules it can find: sums of a
 # digit and a step of 1 to 3, comparisons up to 19, neighbours of two-digit numbers.
 LARGEST_DIGIT = 9
@@ -101,24 +103,14 @@ def _phrasing(rng: random.Random, phrasings: Sequence[str]) -> tuple[int, str]:
 # The task generators: each draws one Example from `rng`.
 
 ADD = ["What is {a} plus {b}?", "Add {a} and {b}.", "Compute {a} + {b}."]
-SUBTRACT = ["What is {a} minus {b}?", "Subtract {b} from {a}.", "Compute {a} - {b}."]
 BIGGER = ["Which is bigger, {a} or {b}?", "Give the larger number: {a} or {b}."]
 SMALLER = ["Which is smaller, {a} or {b}?", "Give the smaller number: {a} or {b}."]
-AFTER = ["What number comes after {n}?", "Count one up from {n}."]
-BEFORE = ["What number comes before {n}?", "Count one down from {n}."]
 
 
 def add(rng):
     a, b = rng.randint(0, LARGEST_DIGIT), rng.randint(1, LARGEST_STEP)
     index, text = _phrasing(rng, ADD)
     return Example("arithmetic", "add", text.format(a=a, b=b), "", str(a + b), ("add", index, a, b))
-
-
-def subtract(rng):
-    b = rng.randint(1, LARGEST_STEP)
-    a = rng.randint(b, LARGEST_DIGIT + LARGEST_STEP)
-    index, text = _phrasing(rng, SUBTRACT)
-    return Example("arithmetic", "subtract", text.format(a=a, b=b), "", str(a - b), ("subtract", index, a, b))
 
 
 def compare(rng):
@@ -129,15 +121,7 @@ def compare(rng):
     return Example("arithmetic", task, text.format(a=a, b=b), "", str(answer), (task, index, a, b))
 
 
-def neighbour(rng):
-    n = rng.randint(1, 98)
-    task, phrasings, answer = rng.choice([("after", AFTER, n + 1), ("before", BEFORE, n - 1)])
-    index, text = _phrasing(rng, phrasings)
-    return Example("arithmetic", task, text.format(n=n), "", str(answer), (task, index, n))
-
-
 LIST_TASKS = {  # task -> (phrasings, answer from the items)
-    "reverse": (["Reverse the list.", "Write the list backwards."], lambda items: ", ".join(reversed(items))),
     "first": (["What is the first item?", "Give the first item of the list."], lambda items: items[0]),
     "last": (["What is the last item?", "Give the last item of the list."], lambda items: items[-1]),
     "count": (["How many items are in the list?", "Count the items."], lambda items: str(len(items))),
@@ -147,10 +131,10 @@ LIST_TASKS = {  # task -> (phrasings, answer from the items)
 def list_task(rng):
     task = rng.choice(list(LIST_TASKS))
     phrasings, answer = LIST_TASKS[task]
-    items = rng.sample(ITEMS, 3 if task == "reverse" else rng.randint(2, 5))
+    items = rng.sample(ITEMS, rng.randint(2, 5))
     index, text = _phrasing(rng, phrasings)
     output = answer(items)
-    # first/last: never this phrasing answered with this item; reverse/count: never this list.
+    # first/last: never this phrasing answered with this item; count: never this list.
     key = (output,) if task in ("first", "last") else tuple(items)
     return Example("lists", task, text, ", ".join(items), output, (task, index, *key))
 
@@ -160,26 +144,16 @@ def story_question(rng):
     first, second = rng.sample(NAMES, 2)
     asked = rng.randrange(2)
     name = (first, second)[asked]
-    task = rng.choice(["color", "owner", "place", "feeling"])
-    if task in ("color", "owner"):
-        colors, things = rng.sample(COLORS, 2), rng.sample(THINGS, 2)
-        story = f"{first} has a {colors[0]} {things[0]}. {second} has a {colors[1]} {things[1]}."
-        if task == "color":
-            question, answer = f"What color is {name}'s {things[asked]}?", colors[asked]
-            combination = ("color", name, answer)
-        else:
-            question, answer = f"Who has the {things[asked]}?", name
-            combination = ("owner", things[asked], name)
-    elif task == "place":
-        places = rng.sample(PLACES, 2)
-        story = f"{first} went to {places[0]}. {second} went to {places[1]}."
-        question, answer = f"Where did {name} go?", places[asked]
-        combination = ("place", name, answer)
+    task = rng.choice(["color", "owner"])
+    colors, things = rng.sample(COLORS, 2), rng.sample(THINGS, 2)
+    story = (f"{first} has {world.article(colors[0])} {colors[0]} {things[0]}. "
+             f"{second} has {world.article(colors[1])} {colors[1]} {things[1]}.")
+    if task == "color":
+        question, answer = f"What color is {name}'s {things[asked]}?", colors[asked]
+        combination = ("color", name, answer)
     else:
-        feelings = rng.sample(FEELINGS, 2)
-        story = f"{first} felt {feelings[0]}. {second} felt {feelings[1]}."
-        question, answer = f"How did {name} feel?", feelings[asked]
-        combination = ("feeling", name, answer)
+        question, answer = f"Who has the {things[asked]}?", name
+        combination = ("owner", things[asked], name)
     return Example("story", task, question, story, answer, combination)
 
 
@@ -190,34 +164,21 @@ FIELDS = {  # field -> values
     "color": COLORS,
     "food": world.FOODS,
 }
-FORMAT_TASKS = {
-    "json": "Convert to JSON.",
-    "key_value": "Write the fields as key=value pairs.",
-}
+KEY_VALUE = ["Write the fields as key=value pairs.", "Convert the fields to key=value."]
 
 
 def format_task(rng):
-    if rng.random() < 1 / 3:
-        items = rng.sample(ITEMS, rng.randint(2, 4))
-        output = "\n".join(f"- {item}" for item in items)
-        return Example("formats", "bullets", "Write the list as bullet points.", ", ".join(items), output,
-                       ("bullets", *items))
-    task = rng.choice(list(FORMAT_TASKS))
-    keys = ["name", *rng.sample(["age", "pet", "color", "food"], rng.randint(1, 2))]
+    keys = ["name", rng.choice(["age", "pet", "color", "food"])]
     values = [_pick(rng, FIELDS[key]) for key in keys]
     fields_text = ", ".join(f"{key}: {value}" for key, value in zip(keys, values, strict=True))
-    if task == "json":
-        parts = [f'"{key}": {value}' if key == "age" else f'"{key}": "{value}"'
-                 for key, value in zip(keys, values, strict=True)]
-        output = "{" + ", ".join(parts) + "}"
-    else:
-        output = "; ".join(f"{key}={value}" for key, value in zip(keys, values, strict=True))
-    # never this format with this name and this second field value
-    return Example("formats", task, FORMAT_TASKS[task], fields_text, output, (task, values[0], keys[1], values[1]))
+    output = "; ".join(f"{key}={value}" for key, value in zip(keys, values, strict=True))
+    index, text = _phrasing(rng, KEY_VALUE)
+    # never this phrasing with this name and this second field value
+    return Example("formats", "key_value", text, fields_text, output, ("key_value", index, values[0], keys[1], values[1]))
 
 
 FAMILIES: dict[str, list[Callable[[random.Random], Example]]] = {
-    "arithmetic": [add, subtract, compare, neighbour],
+    "arithmetic": [add, compare],
     "lists": [list_task],
     "story": [story_question],
     "formats": [format_task],
