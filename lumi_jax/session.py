@@ -19,6 +19,7 @@ import argparse
 import glob
 import importlib
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,7 +138,9 @@ def add_timed_arguments(parser: argparse.ArgumentParser, session: TimedSession) 
 def build_parser() -> argparse.ArgumentParser:
     lines = ["sessions (time-boxed; each leaves sessions/STAMP.log and .json):"]
     for name, session in TIMED_SESSIONS.items():
-        lines.append(f"  {name:<13} {session.minutes:>4g} min  {session.summary}")
+        text = f"{session.summary}; leaves {session.leaves}"
+        lines.append(textwrap.fill(text, width=100, initial_indent=f"  {name:<13} {session.minutes:>4g} min  ",
+                                   subsequent_indent=" " * 26))
     lines.append("tools:")
     for name, (_module, help_text) in TOOLS.items():
         lines.append(f"  {name:<13} {help_text}")
