@@ -59,7 +59,6 @@ SAMPLE_SEED = 0
 SAMPLE_TOKENS = 64
 QUICK_SAMPLE_TOKENS = 32
 REPETITION_N = 4
-REFERENCE_WINDOWS = 64  # validation-text windows measured as the yardstick for sample statistics
 EXACT_MATCH_EXAMPLES = 200
 QUICK_EXACT_MATCH_EXAMPLES = 50
 LN2 = math.log(2)
@@ -196,8 +195,9 @@ def load_prompts(path: Path = PROMPTS_PATH) -> dict[str, list[str]]:
     return prompts
 
 
-def reference_statistics(split, length: int, windows: int = REFERENCE_WINDOWS) -> dict[str, float | None]:
-    """Distinct-n and repetition of real validation text, in windows as long as the samples."""
+def reference_statistics(split, length: int, windows: int) -> dict[str, float | None]:
+    """Distinct-n and repetition of real validation text, in as many windows as there are samples,
+    each as long as a sample (distinct-n falls as more text is pooled, so the sizes must match)."""
     total = len(split)
     if total < length:
         return {"distinct_1": None, "distinct_2": None, "repetition_rate": None}
@@ -230,7 +230,7 @@ def sample_prompts(config: ModelConfig, params, tokenizer, prompts: dict[str, li
         "mean_tokens": float(np.mean([len(ids) for ids in generated])),
     }
     if reference_split is not None:
-        report["reference_text"] = reference_statistics(reference_split, max_new_tokens)
+        report["reference_text"] = reference_statistics(reference_split, max_new_tokens, windows=len(flat))
     return report
 
 
