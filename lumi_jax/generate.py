@@ -184,7 +184,8 @@ def _decode(params, prompt_BP, prompt_mask_BP, row_done_B, max_new_tokens, key, 
 
     def decode_one(state):
         i, cache, out_BN, done_B, key = state
-        token_B1 = jax.lax.dynamic_slice_in_dim(out_BN, i, 1, axis=1)
+        # Finished rows hold the EOS id, which may lie outside the vocabulary (-1: "never stop").
+        token_B1 = jnp.clip(jax.lax.dynamic_slice_in_dim(out_BN, i, 1, axis=1), 0, config.vocab_size - 1)
         logits_B1V, cache = model.apply({"params": params}, token_B1, cache, P + i, key_mask_BS)
         key, step_key = jax.random.split(key)
         token_B, done_B = next_token(logits_B1V[:, 0], step_key, done_B)
