@@ -59,6 +59,8 @@ def main() -> int:
     parser.add_argument("--sft-batch", type=int, default=4)
     parser.add_argument("--sft-context", type=int, default=256)
     parser.add_argument("--sft-lr", type=float, default=2e-3)
+    parser.add_argument("--sft-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype of fine-tuning (parameters stay float32)")
     parser.add_argument("--sft-steps", type=int, help="default: what fits the budget at the pretraining throughput")
     parser.add_argument("--name", default="sft_bench", help="prefix of the data/ and runs/ directories")
     parser.add_argument("--eval-examples", type=int, default=400)
@@ -77,10 +79,13 @@ def main() -> int:
     pretrain_config = TrainConfig(steps=args.pretrain_steps, batch_size=args.pretrain_batch, lr=2e-3,
                                   warmup=max(1, args.pretrain_steps // 10), min_lr=2e-4, save_every=100,
                                   eval_every=250, log_every=25)
-    started = time.perf_counter()
-    pretrain_summary = train(pretrain_config, model_config, stories, pretrained, show_progress=True)
-    timings["pretrain_this_invocation_s"] = time.perf_counter() - started
-    pretrain_summary = json.loads((pretrained / "summary.json").read_text())
+    summary_path = pretrained / "summary.json"
+    finished = summary_path.exists() and json.loads(summary_path.read_text())["steps"] >= args.pretrain_steps
+    if not finished:  # a new run, or the continuation of an interrupted one
+        started = time.perf_counter()
+        train(pretrain_config, model_config, stories, pretrained, show_progress=True)
+        timings["pretrain_this_invocation_s"] = time.perf_counter() - started
+    pretrain_summary = json.loads(summary_path.read_text())
     metrics = [json.loads(line) for line in (pretrained / "metrics.jsonl").read_text().splitlines()]
     pretrain_seconds = max(m.get("elapsed_s", 0) for m in metrics)
     measured_tokens_per_s = statistics.median(m["tokens_per_s"] for m in metrics if m.get("tokens_per_s"))
@@ -93,7 +98,7 @@ def main() -> int:
     tokens_per_step = args.sft_batch * args.sft_context
     steps = args.sft_steps or int(0.85 * args.sft_minutes * 60 * measured_tokens_per_s / tokens_per_step)
     sft_config = TrainConfig(steps=steps, batch_size=args.sft_batch, context=args.sft_context, lr=args.sft_lr,
-                             warmup=max(1, steps // 20), min_lr=args.sft_lr / 10, weight_decay=0.0,
+                             warmup=max(1, steps // 20), min_lr=args.sft_lr / 10, weight_decay=0.0, dtype=args.sft_dtype,
                              time_budget_minutes=args.sft_minutes, save_every=max(steps // 2, 1),
                              eval_every=0, log_every=10)
     if tuned.exists():

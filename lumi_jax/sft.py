@@ -3,24 +3,27 @@
 The one instruction template (preparation, training, evaluation and `lumi generate --chat` all
 use these functions, so the model is always asked in the shape it was taught):
 
-    <BOS>### Instruction:
-    Reverse the list.
+    <BOS>Task: What is the first item?
+    Input: shell, bee, kite
+    Answer: shell<EOS>
 
-    ### Input:
-    cat, ball, pie
+The `Input:` line is left out when there is no input. Everything up to and including "Answer:"
+is the PROMPT (loss weight 0); the response (with its leading space) and the EOS that ends it
+are the TARGET (loss weight 1), so the model learns what to say and when to stop, never to echo
+the question. A chat (a `messages` list) renders earlier turns as Task/Answer lines (a system
+message as `System:`); one example is made per assistant turn, with the whole history before
+it as its prompt.
 
-    ### Response:
-    pie, ball, cat<EOS>
-
-The `### Input:` section is left out when there is no input. Everything up to and including
-"### Response:\\n" is the PROMPT (loss weight 0); the response and the EOS that ends it are the
-TARGET (loss weight 1), so the model learns what to say and when to stop, never to echo the
-question. A chat (a `messages` list) renders each earlier turn in the same sections; one example
-is made per assistant turn, with the whole history before it as its prompt.
+Why this shape, and not alpaca's `### Instruction:` sections: the headers cost 14 tokens instead
+of 35 with a tokenizer trained on simple stories (no '#' pieces), which doubles the examples a
+fine-tuning budget buys; and every header ends with ": ", so each word of the input and of the
+answer is tokenised the same way (as a space-prefixed piece, "▁shell"). Copying a word from the
+input into the answer is then copying tokens, not learning a second spelling of each word
+(after a newline "shell" and " shell" are different tokens).
 
 Prompt and response are tokenised separately (the mask boundary then falls exactly between
 tokens), so a generator must encode the prompt on its own too: `encode(format_prompt(...))`, with
-a BOS in front, then decode until EOS.
+a BOS in front, then decode until EOS and strip the leading space.
 """
 
 from __future__ import annotations
@@ -35,47 +38,51 @@ import numpy as np
 from lumi_jax.errors import UserError
 from lumi_jax.tokenizer import BOS_ID
 
-INSTRUCTION_HEADER = "### Instruction:\n"
-INPUT_HEADER = "### Input:\n"
-SYSTEM_HEADER = "### System:\n"
-RESPONSE_MARKER = "### Response:\n"
-SECTION_BREAK = "\n\n"
+INSTRUCTION_HEADER = "Task:"
+INPUT_HEADER = "Input:"
+SYSTEM_HEADER = "System:"
+RESPONSE_MARKER = "Answer:"  # the prompt ends here; the target starts with a space
+LINE_BREAK = "\n"
 CHAT_ROLES = ("system", "user", "assistant")
+
+
+def _line(header: str, content: str) -> str:
+    return f"{header} {content.strip()}"
 
 
 def format_prompt(instruction: str, input: str = "") -> str:  # noqa: A002 - the alpaca field name
     """The prompt of one single-turn example, ending with the response marker."""
-    sections = [INSTRUCTION_HEADER + instruction.strip()]
+    lines = [_line(INSTRUCTION_HEADER, instruction)]
     if input.strip():
-        sections.append(INPUT_HEADER + input.strip())
-    sections.append(RESPONSE_MARKER)
-    return SECTION_BREAK.join(sections)
+        lines.append(_line(INPUT_HEADER, input))
+    lines.append(RESPONSE_MARKER)
+    return LINE_BREAK.join(lines)
+
+
+def format_response(response: str) -> str:
+    """The target text: the response after one space (see the module docstring)."""
+    return " " + response.strip()
 
 
 def format_example(instruction: str, input: str, response: str) -> tuple[str, str]:  # noqa: A002
     """(prompt, target) of a training example; the packer adds BOS before and EOS after."""
-    return format_prompt(instruction, input), response.strip()
+    return format_prompt(instruction, input), format_response(response)
 
 
 def format_chat_prompt(messages: Sequence[dict]) -> str:
     """The prompt that asks for the next assistant turn after `messages`.
 
     `messages` is a list of {"role": "system" | "user" | "assistant", "content": str}, ending with
-    a user turn. Earlier assistant turns appear as answered sections.
+    a user turn. Earlier assistant turns appear as answered lines.
     """
-    sections = []
+    headers = {"system": SYSTEM_HEADER, "user": INSTRUCTION_HEADER, "assistant": RESPONSE_MARKER}
+    lines = []
     for message in messages:
-        role, content = message["role"], message["content"].strip()
-        if role == "system":
-            sections.append(SYSTEM_HEADER + content)
-        elif role == "user":
-            sections.append(INSTRUCTION_HEADER + content)
-        elif role == "assistant":
-            sections.append(RESPONSE_MARKER + content)
-        else:
-            raise ValueError(f"unknown chat role {role!r}; expected one of {CHAT_ROLES}")
-    sections.append(RESPONSE_MARKER)
-    return SECTION_BREAK.join(sections)
+        if message["role"] not in headers:
+            raise ValueError(f"unknown chat role {message['role']!r}; expected one of {CHAT_ROLES}")
+        lines.append(_line(headers[message["role"]], message["content"]))
+    lines.append(RESPONSE_MARKER)
+    return LINE_BREAK.join(lines)
 
 
 def chat_examples(messages: Sequence[dict]) -> list[tuple[str, str]]:
@@ -83,19 +90,21 @@ def chat_examples(messages: Sequence[dict]) -> list[tuple[str, str]]:
     examples = []
     for index, message in enumerate(messages):
         if message["role"] == "assistant":
-            examples.append((format_chat_prompt(messages[:index]), message["content"].strip()))
+            examples.append((format_chat_prompt(messages[:index]), format_response(message["content"])))
     return examples
 
 
 def parse_example(text: str) -> tuple[str, str, str]:
     """(instruction, input, response) back from a rendered single-turn example (the inverse of
-    format_prompt + response), for reading packed data and for tests of the round trip."""
-    if not text.startswith(INSTRUCTION_HEADER) or RESPONSE_MARKER not in text:
+    format_prompt + format_response), for reading packed data and for tests of the round trip."""
+    instruction_start = INSTRUCTION_HEADER + " "
+    marker = LINE_BREAK + RESPONSE_MARKER
+    if not text.startswith(instruction_start) or marker not in text:
         raise ValueError("not an example in the instruction template")
-    prompt, response = text.split(RESPONSE_MARKER, 1)
-    body = prompt[len(INSTRUCTION_HEADER):].removesuffix(SECTION_BREAK)
-    instruction, _, input = body.partition(SECTION_BREAK + INPUT_HEADER)  # noqa: A001
-    return instruction, input, response
+    prompt, response = text.rsplit(marker, 1)
+    body = prompt[len(instruction_start):]
+    instruction, _, input = body.partition(LINE_BREAK + INPUT_HEADER + " ")  # noqa: A001
+    return instruction, input, response.strip()
 
 
 # ---------------------------------------------------------------------------------------------

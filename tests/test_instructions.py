@@ -72,8 +72,8 @@ def test_answers_are_right():
             assert int(e.output) == a + b
         elif e.task == "last":
             assert e.output == e.input.split(", ")[-1]
-        elif e.task == "key_value":
-            assert e.output == e.input.replace(": ", "=").replace(", ", "; ")
+        elif e.task == "table_row":
+            assert e.output == "| " + " | ".join(part.split(": ")[1] for part in e.input.split(", ")) + " |"
         elif e.task == "color":
             assert f"{e.output} " in e.input
 
@@ -85,7 +85,7 @@ def test_prepared_sample_instructions_store_held_out_examples(tmp_path):
     stored = instructions.held_out_examples(out)
     assert len(stored) == instructions.DEFAULT_VAL_EXAMPLES
     first = stored[0]
-    assert first["prompt"].startswith(INSTRUCTION_HEADER) and first["prompt"].endswith(RESPONSE_MARKER)
+    assert first["prompt"].startswith(INSTRUCTION_HEADER + " ") and first["prompt"].endswith(RESPONSE_MARKER)
     # Without the file, the same examples are decoded from val.bin and its mask (lossless tokenizer).
     (out / instructions.VAL_EXAMPLES_FILE).unlink()
     decoded = instructions.held_out_examples(out)
@@ -104,7 +104,7 @@ def test_alpaca_and_chat_jsonl_become_masked_examples(tmp_path):
     ])
     corpus = load_corpus(str(alpaca), SourceOptions())
     assert corpus.kind == "instructions"
-    assert corpus.documents[1].segments == ((format_prompt("Reverse the list.", "a, b"), False), ("b, a", True))
+    assert corpus.documents[1].segments == ((format_prompt("Reverse the list.", "a, b"), False), (" b, a", True))
 
     chat = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [
         {"role": "system", "content": "Be brief."},
@@ -117,9 +117,9 @@ def test_alpaca_and_chat_jsonl_become_masked_examples(tmp_path):
     assert len(documents) == 2  # one example per assistant turn, each ending with its own EOS
     (prompt1, _), (target1, _) = documents[0].segments
     (prompt2, _), (target2, _) = documents[1].segments
-    assert target1 == "Hello." and target2 == "1, 2"
-    assert prompt2.startswith(prompt1.removesuffix(RESPONSE_MARKER)) and "Hello." in prompt2
-    assert prompt2.endswith("Count to two.\n\n" + RESPONSE_MARKER)
+    assert target1 == " Hello." and target2 == " 1, 2"
+    assert prompt2.startswith(prompt1) and "Hello." in prompt2
+    assert prompt2.endswith("Count to two.\n" + RESPONSE_MARKER)
 
 
 @pytest.mark.parametrize("record, expected", [

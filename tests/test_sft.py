@@ -62,18 +62,18 @@ def run_cli(argv, capsys):
 def test_template_round_trip():
     for instruction, input_text in (("Reverse the list.", "cat, dog"), ("What is 2 plus 3?", "")):
         prompt, target = sft.format_example(instruction, input_text, "the answer")
-        assert prompt.endswith(sft.RESPONSE_MARKER)
+        assert prompt.endswith(sft.RESPONSE_MARKER) and target == " the answer"
         assert (sft.INPUT_HEADER in prompt) == bool(input_text)
         assert sft.parse_example(prompt + target) == (instruction, input_text, "the answer")
-    assert sft.format_prompt("Say hi.") == "### Instruction:\nSay hi.\n\n### Response:\n"
+    assert sft.format_prompt("Say hi.") == "Task: Say hi.\nAnswer:"
+    assert sft.format_prompt("Reverse.", "a, b") == "Task: Reverse.\nInput: a, b\nAnswer:"
 
 
 def test_chat_prompt_uses_the_same_sections():
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
                 {"role": "user", "content": "Bye"}]
     assert sft.format_chat_prompt(messages[:1]) == sft.format_prompt("Hi")
-    assert sft.format_chat_prompt(messages) == (
-        "### Instruction:\nHi\n\n### Response:\nHello.\n\n### Instruction:\nBye\n\n### Response:\n")
+    assert sft.format_chat_prompt(messages) == "Task: Hi\nAnswer: Hello.\nTask: Bye\nAnswer:"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +92,7 @@ def test_mask_covers_responses_and_eos_only(instructions_dir):
         ids, weights = tokens[start:end], mask[start:end]
         assert ids[0] == BOS_ID and weights[0] == 0 and ids[-1] == EOS_ID and weights[-1] == 1
         assert tokenizer.decode(ids[1:][weights[1:] == 0]) == example["prompt"]
-        assert tokenizer.decode(ids[:-1][weights[:-1] == 1]) == example["response"]
+        assert tokenizer.decode(ids[:-1][weights[:-1] == 1]) == " " + example["response"]
         # prompt first, then response: one boundary, no interleaving
         assert np.all(np.diff(weights[1:].astype(int)) >= 0)
 

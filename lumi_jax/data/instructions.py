@@ -7,11 +7,12 @@ systematic answers a ~6M model can learn:
     arithmetic   add 1 to 3 to a digit, the bigger / smaller of two numbers to 19
     lists        the first or last item of a list, how many items it has
     story world  questions answered by a two-sentence story: whose thing is it, what color
-    formats      two fields ("name: Lily, pet: dog") to key=value pairs ("name=Lily; pet=dog")
+    formats      two fields ("name: Lily, pet: dog") to a table row ("| Lily | dog |")
 
 Nine tasks with answers of one to eight tokens: what a ~6M model fine-tuned for 15 minutes on
 a 2-core CPU can learn (a first version with longer answers - reversed lists, JSON, bullet
-lists, subtraction, neighbours of two-digit numbers - reached 3% in that budget).
+lists, subtraction, neighbours of two-digit numbers - reached 3% in that budget). Answers keep
+each copied word space-prefixed, as it is in the input (see the template in lumi_jax/sft.py).
 
 Held-out split = UNSEEN COMBINATIONS. Every example has a *combination*: the pairing of parts
 it tests, e.g. (add, phrasing 2, 3, 4) or (color question, Lily, red). A seeded hash puts about
@@ -164,17 +165,17 @@ FIELDS = {  # field -> values
     "color": COLORS,
     "food": world.FOODS,
 }
-KEY_VALUE = ["Write the fields as key=value pairs.", "Convert the fields to key=value."]
+TABLE_ROW = ["Write the fields as a table row.", "Convert the fields to a table row."]
 
 
 def format_task(rng):
     keys = ["name", rng.choice(["age", "pet", "color", "food"])]
     values = [_pick(rng, FIELDS[key]) for key in keys]
     fields_text = ", ".join(f"{key}: {value}" for key, value in zip(keys, values, strict=True))
-    output = "; ".join(f"{key}={value}" for key, value in zip(keys, values, strict=True))
-    index, text = _phrasing(rng, KEY_VALUE)
+    output = "| " + " | ".join(values) + " |"
+    index, text = _phrasing(rng, TABLE_ROW)
     # never this phrasing with this name and this second field value
-    return Example("formats", "key_value", text, fields_text, output, ("key_value", index, values[0], keys[1], values[1]))
+    return Example("formats", "table_row", text, fields_text, output, ("table_row", index, values[0], keys[1], values[1]))
 
 
 FAMILIES: dict[str, list[Callable[[random.Random], Example]]] = {
@@ -324,7 +325,7 @@ def document_example(document: Document) -> dict:
     """{"prompt", "response"} of an instruction document (context segments, then targets)."""
     prompt = "".join(text for text, is_target in document.segments if not is_target)
     response = "".join(text for text, is_target in document.segments if is_target)
-    return {"prompt": prompt, "response": response}
+    return {"prompt": prompt, "response": response.strip()}
 
 
 def write_val_examples(path: Path, records: Sequence[dict]) -> None:
@@ -364,5 +365,5 @@ def decode_examples(dataset, split_name: str) -> list[dict]:
     examples = []
     for start, end in zip(starts, ends, strict=True):
         ids, targets = tokens[start + 1:end - 1], mask[start + 1:end - 1]  # without BOS and EOS
-        examples.append({"prompt": tokenizer.decode(ids[~targets]), "response": tokenizer.decode(ids[targets])})
+        examples.append({"prompt": tokenizer.decode(ids[~targets]), "response": tokenizer.decode(ids[targets]).strip()})
     return examples
