@@ -48,6 +48,38 @@ def machine() -> dict:
             "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()]}
 
 
+def name_copy_probe(run_dir: Path, data_dir: Path, windows: int = 16) -> dict:
+    """Does the pretrained model copy from its context? Mean −log p of the characters' names (whole-
+    name tokens) in validation stories: at a name's first occurrence in a window, and when it
+    already occurred earlier in it. A model that copies pays far less for the repeats; ln(number
+    of names) is what guessing among all names costs."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lumi_jax.data import sample_corpus
+    from lumi_jax.data.loader import TokenDataset
+    from lumi_jax.model import forward
+    from lumi_jax.run import load_run
+
+    run = load_run(run_dir)
+    context = run.model_config.max_seq_len
+    tokens = np.asarray(TokenDataset(data_dir).split("val").tokens[: windows * context + 1], np.int32)
+    names = set(sample_corpus.GIRL_NAMES + sample_corpus.BOY_NAMES + sample_corpus.ANIMAL_NAMES)
+    first, repeat = [], []
+    for w in range(windows):
+        window = tokens[w * context: (w + 1) * context + 1]
+        log_probs = jax.nn.log_softmax(forward(run.model_config, run.params, jnp.asarray(window[None, :-1]))[0])
+        nats = -np.asarray(log_probs[jnp.arange(context), window[1:]])
+        for t, token in enumerate(window[1:].tolist()):
+            piece = run.tokenizer.id_to_piece(token)
+            if piece.startswith("\u2581") and piece[1:] in names:
+                (repeat if token in window[: t + 1] else first).append(float(nats[t]))
+    return {"windows": windows, "first_occurrence_mean_nats": round(float(np.mean(first)), 3),
+            "repeat_mean_nats": round(float(np.mean(repeat)), 3), "first_count": len(first),
+            "repeat_count": len(repeat), "guessing_among_all_names_nats": round(float(np.log(len(names))), 3)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pretrain-steps", type=int, default=1000)
@@ -64,11 +96,19 @@ def main() -> int:
     parser.add_argument("--sft-steps", type=int, help="default: what fits the budget at the pretraining throughput")
     parser.add_argument("--name", default="sft_bench", help="prefix of the data/ and runs/ directories")
     parser.add_argument("--eval-examples", type=int, default=400)
+    parser.add_argument("--probe-only", action="store_true",
+                        help="only add the copy probe of the pretrained run to the existing result file")
     args = parser.parse_args()
     os.chdir(REPO_ROOT)
     timings = {}
 
     stories, pretrained = Path(f"data/{args.name}_stories"), Path(f"runs/{args.name}_pretrain")
+    if args.probe_only:
+        result = json.loads(RESULT.read_text())
+        result["pretrained_copy_probe"] = name_copy_probe(pretrained, stories)
+        RESULT.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(json.dumps(result["pretrained_copy_probe"], indent=2))
+        return 0
     instructions, tuned = Path(f"data/{args.name}_instr"), Path(f"runs/{args.name}_sft")
     if not (stories / "meta.json").exists():
         started = time.perf_counter()
@@ -128,6 +168,7 @@ def main() -> int:
                                  "pretrained_only": before["accuracy"], "fine_tuned": after["accuracy"],
                                  "by_family_before": before["by_family"], "by_family_after": after["by_family"],
                                  "wrong_samples_after": after["wrong_samples"]},
+        "pretrained_copy_probe": name_copy_probe(pretrained, stories),
         "target": "fine-tuned >= 0.80 within the --sft-minutes budget; pretrained-only near 0",
         "met": after["accuracy"] >= 0.8 and summary["wall_time_s"] <= args.sft_minutes * 60 + 1,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
