@@ -26,3 +26,21 @@ def shared_data_dir() -> Path:
 
 def replace_config(config, **changes):
     return dataclasses.replace(config, **changes)
+
+
+@pytest.fixture(scope="session")
+def compilation_cache():
+    """What `lumi train` does: identical programs compile once, across tests and processes."""
+    from lumi_jax.train import enable_compilation_cache
+
+    enable_compilation_cache()
+
+
+@pytest.fixture(scope="session")
+def dataset_dir(tmp_path_factory):
+    """A small sample-story dataset (vocab 512) shared by the training tests; read, never written."""
+    from lumi_jax.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("data") / "sample"
+    prepare_dataset("sample", out, vocab_size=512, size_mb=0.2, log=None)
+    return out

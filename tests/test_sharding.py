@@ -19,10 +19,11 @@ from jax.sharding import PartitionSpec
 
 from lumi_jax import sharding as shard
 from lumi_jax.config import TrainConfig
-from lumi_jax.data.prepare import prepare_dataset
 from lumi_jax.errors import UserError
 from lumi_jax.metrics import read_metrics
-from lumi_jax.train import enable_compilation_cache, train
+from lumi_jax.train import train
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")  # compiled steps shared through the cache
 
 CONFIG = TrainConfig(steps=8, batch_size=8, context=32, lr=3e-3, warmup=2, min_lr=3e-4,
                      eval_every=4, eval_batches=2, save_every=100, log_every=1)
@@ -55,18 +56,6 @@ FOUR_DEVICE_SCRIPT = textwrap.dedent("""
         report["odd_batch_error"] = str(error)
     print(json.dumps(report))
 """)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache():
-    enable_compilation_cache()
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "sample"
-    prepare_dataset("sample", out, vocab_size=512, size_mb=0.2, log=None)
-    return out
 
 
 def test_mesh_spec_parsing():

@@ -15,33 +15,21 @@ from lumi_jax import sharding as shard
 from lumi_jax.checkpoint import CheckpointStore
 from lumi_jax.config import TrainConfig
 from lumi_jax.data import loader
-from lumi_jax.data.prepare import prepare_dataset
 from lumi_jax.model import forward
 from lumi_jax.optim import learning_rate_schedule, make_optimizer
 from lumi_jax.run import load_run
 from lumi_jax.train import (
-    enable_compilation_cache,
     initial_state,
     jit_train_step,
     make_eval_step,
     train,
 )
 
+pytestmark = pytest.mark.usefixtures("compilation_cache")  # compiled steps shared through the cache
+
 # One optimisation setting for every in-process step test, so they share compilations.
 STEP_CONFIG = TrainConfig(steps=300, batch_size=8, context=32, lr=3e-3, warmup=4, min_lr=3e-4,
                           eval_every=0, save_every=10, log_every=1, eval_batches=2, grad_clip=1.0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache():
-    enable_compilation_cache()  # what `lumi train` does: identical programs compile once
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "sample"
-    prepare_dataset("sample", out, vocab_size=512, size_mb=0.2, log=None)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -13,19 +13,8 @@ from lumi_jax.cli import main
 from lumi_jax.config import TrainConfig
 from lumi_jax.data import loader
 from lumi_jax.data.prepare import prepare_dataset
-from lumi_jax.train import enable_compilation_cache
 
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache():
-    enable_compilation_cache()
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "sample"
-    prepare_dataset("sample", out, vocab_size=512, size_mb=0.2, log=None)
-    return out
+pytestmark = pytest.mark.usefixtures("compilation_cache")  # compiled steps shared through the cache
 
 
 @pytest.fixture

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 
 from lumi_jax.config import TrainConfig
-from lumi_jax.data.prepare import prepare_dataset
 from lumi_jax.metrics import read_metrics
 from lumi_jax.run import load_run
-from lumi_jax.train import enable_compilation_cache, train
+from lumi_jax.train import train
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")  # compiled steps shared through the cache
 
 CONFIG = TrainConfig(steps=300, batch_size=8, context=32, lr=3e-3, warmup=4, min_lr=3e-4,
                      eval_every=0, save_every=10, log_every=1)
@@ -30,18 +31,6 @@ CLI_FLAGS = ["--model", "micro", "--steps", "300", "--batch-size", "8", "--conte
              "--warmup", "4", "--min-lr", "3e-4", "--eval-every", "0", "--save-every", "10",
              "--log-every", "1"]
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache():
-    enable_compilation_cache()
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "sample"
-    prepare_dataset("sample", out, vocab_size=512, size_mb=0.2, log=None)
-    return out
 
 
 @pytest.fixture(scope="module")
