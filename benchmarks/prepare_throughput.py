@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import sentencepiece
+from host import cpu_model  # benchmarks/host.py, beside this script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -55,14 +56,7 @@ def median_seconds(function, repeats: int) -> tuple[float, object]:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "sentencepiece": sentencepiece.__version__,
             "numpy": np.__version__}

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from host import cpu_model  # benchmarks/host.py, beside this script
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
@@ -43,14 +45,7 @@ RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     device = jax.devices()[0]
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": device.platform,
             "device_kind": getattr(device, "device_kind", ""), "device_count": jax.device_count(),
