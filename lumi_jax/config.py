@@ -188,17 +188,22 @@ def model_config_from_dict(data: Any, source: str) -> ModelConfig:
     return config
 
 
-def resolve_model_path(name_or_path: str | Path) -> Path:
-    """`tiny` means config/architectures/tiny.json; anything else is a path."""
+def resolve_named_json(name_or_path: str | Path, directory: Path, kind: str) -> Path:
+    """A bare name means DIRECTORY/NAME.json (e.g. `tiny`, `quick`); anything else is a path."""
     text = str(name_or_path)
-    candidate = ARCHITECTURES_DIR / f"{text}.json"
+    candidate = directory / f"{text}.json"
     if "/" not in text and not text.endswith(".json") and candidate.exists():
         return candidate
     path = Path(text)
     if not path.exists():
-        known = ", ".join(sorted(p.stem for p in ARCHITECTURES_DIR.glob("*.json")))
-        raise UserError(f"{text}: no such model config; give a path or one of: {known}")
+        known = ", ".join(sorted(p.stem for p in directory.glob("*.json")))
+        raise UserError(f"{text}: no such {kind}; give a path or one of: {known}")
     return path
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """`tiny` means config/architectures/tiny.json; anything else is a path."""
+    return resolve_named_json(name_or_path, ARCHITECTURES_DIR, "model config")
 
 
 def load_model_config(name_or_path: str | Path) -> ModelConfig:
@@ -299,13 +304,5 @@ def train_config_from_dict(data: Any, source: str) -> TrainConfig:
 
 def load_train_config(name_or_path: str | Path) -> TrainConfig:
     """`quick` means config/recipes/quick.json; anything else is a path to a recipe."""
-    text = str(name_or_path)
-    candidate = RECIPES_DIR / f"{text}.json"
-    if "/" not in text and not text.endswith(".json") and candidate.exists():
-        path = candidate
-    else:
-        path = Path(text)
-        if not path.exists():
-            known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.json")))
-            raise UserError(f"{text}: no such training recipe; give a path or one of: {known}")
+    path = resolve_named_json(name_or_path, RECIPES_DIR, "training recipe")
     return train_config_from_dict(read_json(path), str(path))
