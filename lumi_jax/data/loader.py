@@ -1,7 +1,8 @@
 """Reading a prepared dataset: memmapped token files and batches as pure functions.
 
 `train_batch(split, seed=, step=, ...)` draws the window starts of a GLOBAL batch from
-(seed, step) alone, so resuming at step N sees exactly the batches an uninterrupted run would
+(seed, step) alone (anywhere in a text split; at an example's BOS in an instruction split, so
+that no window begins inside an example and trains on an answer whose question it cannot see), so resuming at step N sees exactly the batches an uninterrupted run would
 have seen, and every process of a multi-host run computes the same global batch and slices its
 own rows from it (it reads only those rows' tokens). `validation_batches` walks the validation
 split in order, non-overlapping, so every token after the first is scored exactly once; the
@@ -11,6 +12,7 @@ last batch is padded to full shape with weight 0 so a jitted evaluation compiles
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lumi_jax.errors import UserError
+from lumi_jax.tokenizer import BOS_ID
 
 SUPPORTED_FORMAT_VERSIONS = (1,)
 SPLITS = ("train", "val")
@@ -36,7 +39,7 @@ class Batch(NamedTuple):
     weights: np.ndarray  # float32 (B, T): 1 where the target counts in the loss, 0 for padding/masked
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class TokenSplit:
     name: str
     tokens: np.ndarray  # memmap, uint16 or uint32
@@ -45,6 +48,14 @@ class TokenSplit:
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
+
+    @functools.cached_property
+    def example_starts(self) -> np.ndarray | None:
+        """Offsets of the examples' BOS tokens in an instruction split (one with a loss mask);
+        None for plain text, whose windows may start anywhere."""
+        if self.mask is None:
+            return None
+        return np.flatnonzero(np.asarray(self.tokens) == BOS_ID).astype(np.int64)
 
 
 class TokenDataset:
@@ -140,10 +151,31 @@ def _windows(split: TokenSplit, starts: np.ndarray, context: int) -> Batch:
     return Batch(window_BW[:, :-1], window_BW[:, 1:], weights_BT)
 
 
-def train_window_starts(split_length: int, *, seed: int, step: int, batch_size: int, context: int) -> np.ndarray:
-    """Start offsets of the global batch at `step`: uniform over all full windows, from (seed, step) only."""
+def train_window_starts(split_length: int, *, seed: int, step: int, batch_size: int, context: int,
+                        example_starts: np.ndarray | None = None) -> np.ndarray:
+    """Start offsets of the global batch at `step`, from (seed, step) only: uniform over all full
+    windows, or, given `example_starts`, uniform over the examples that begin a full window."""
     rng = np.random.default_rng([seed, step])
-    return rng.integers(0, split_length - context, size=batch_size, dtype=np.int64)
+    if example_starts is None:
+        return rng.integers(0, split_length - context, size=batch_size, dtype=np.int64)
+    usable = int(np.searchsorted(example_starts, split_length - context))  # starts < split_length - context
+    if usable == 0:
+        raise UserError(f"no example starts a full window of {context + 1} tokens; use a shorter --context")
+    return example_starts[rng.integers(0, usable, size=batch_size, dtype=np.int64)]
+
+
+def max_window_targets(split: TokenSplit, context: int) -> int | None:
+    """The most weighted targets a training window of `context` can hold (None without a mask):
+    over every window `train_batch` may draw, from a running sum of the mask, so exact."""
+    if split.mask is None or split.example_starts is None:
+        return None
+    _check_window(split, context)
+    running = np.concatenate([[0], np.cumsum(np.asarray(split.mask) > 0, dtype=np.int64)])
+    starts = split.example_starts[split.example_starts < len(split) - context]
+    if len(starts) == 0:
+        return None
+    # a window starting at s has targets s+1 .. s+context
+    return max(int(np.max(running[starts + 1 + context] - running[starts + 1])), 1)
 
 
 def train_batch(split: TokenSplit, *, seed: int, step: int, batch_size: int, context: int,
@@ -158,7 +190,8 @@ def train_batch(split: TokenSplit, *, seed: int, step: int, batch_size: int, con
         raise UserError(f"the global batch size {batch_size} does not divide among {process_count} processes; "
                         f"use a multiple of {process_count}")
     _check_window(split, context)
-    starts = train_window_starts(len(split), seed=seed, step=step, batch_size=batch_size, context=context)
+    starts = train_window_starts(len(split), seed=seed, step=step, batch_size=batch_size, context=context,
+                                 example_starts=split.example_starts)
     rows = batch_size // process_count
     return _windows(split, starts[process_index * rows:(process_index + 1) * rows], context)
 
