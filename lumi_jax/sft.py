@@ -14,12 +14,14 @@ the question. A chat (a `messages` list) renders earlier turns as Task/Answer li
 message as `System:`); one example is made per assistant turn, with the whole history before
 it as its prompt.
 
-Why this shape, and not alpaca's `### Instruction:` sections: the headers cost 14 tokens instead
-of 35 with a tokenizer trained on simple stories (no '#' pieces), which doubles the examples a
-fine-tuning budget buys; and every header ends with ": ", so each word of the input and of the
-answer is tokenised the same way (as a space-prefixed piece, "▁shell"). Copying a word from the
-input into the answer is then copying tokens, not learning a second spelling of each word
-(after a newline "shell" and " shell" are different tokens).
+Why this shape, and not alpaca's `### Instruction:` sections: each header is one token (every
+tokenizer lumi trains holds the markers as pieces, TEMPLATE_MARKERS), so a sample-instructions
+example is ~28 tokens with the tiny tokenizer where alpaca's headers alone would cost ~35 (a
+tokenizer trained on simple stories has no '#' pieces): more examples per fine-tuning minute.
+And every header ends with ": ", so each word of the input and of the answer is tokenised the
+same way (as a space-prefixed piece, "▁shell"). Copying a word from the input into the answer is
+then copying tokens, not learning a second spelling of each word (after a newline "shell" and
+" shell" are different tokens).
 
 Prompt and response are tokenised separately (the mask boundary then falls exactly between
 tokens), so a generator must encode the prompt on its own too: `encode(format_prompt(...))`, with
@@ -43,6 +45,10 @@ INPUT_HEADER = "Input:"
 SYSTEM_HEADER = "System:"
 RESPONSE_MARKER = "Answer:"  # the prompt ends here; the target starts with a space
 LINE_BREAK = "\n"
+# Every tokenizer lumi trains holds these as single pieces (SentencePiece user-defined symbols),
+# as chat models reserve tokens for their templates: one token per header instead of 3 to 5 byte
+# and letter pieces when the pretraining text never had them (see lumi_jax/tokenizer.py).
+TEMPLATE_MARKERS = (INSTRUCTION_HEADER, INPUT_HEADER, RESPONSE_MARKER, SYSTEM_HEADER)
 CHAT_ROLES = ("system", "user", "assistant")
 
 

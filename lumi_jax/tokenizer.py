@@ -132,6 +132,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: str | Path,
 def _train_bytes(lines: list[str], vocab_size: int) -> bytes:
     import io
 
+    from lumi_jax.sft import TEMPLATE_MARKERS  # here: sft imports this module
+
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -145,6 +147,7 @@ def _train_bytes(lines: list[str], vocab_size: int) -> bytes:
             remove_extra_whitespaces=False,
             allow_whitespace_only_pieces=True,
             split_digits=True,
+            user_defined_symbols=list(TEMPLATE_MARKERS),  # the instruction template's headers: one piece each
             character_coverage=0.9995,
             unk_id=UNK_ID,
             bos_id=BOS_ID,
@@ -165,7 +168,7 @@ def _train_bytes(lines: list[str], vocab_size: int) -> bytes:
         too_small = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
         if too_small:
             raise UserError(f"vocab size {vocab_size} is too small for this corpus: it needs at least "
-                            f"{too_small.group(2)} (256 byte pieces, 3 special ids and the common "
+                            f"{too_small.group(2)} (256 byte pieces, 3 special ids, the 4 template markers and the common "
                             f"characters); pass --vocab-size {too_small.group(2)} or more") from None
         raise
     return model.getvalue()

@@ -8,6 +8,7 @@ import pytest
 
 from lumi_jax.data.text import read_text_file
 from lumi_jax.errors import UserError
+from lumi_jax.sft import RESPONSE_MARKER, TEMPLATE_MARKERS, format_prompt
 from lumi_jax.tokenizer import BOS_ID, EOS_ID, UNK_ID, Tokenizer, train_tokenizer
 
 WAR_AND_PEACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "war_and_peace.txt"
@@ -41,6 +42,16 @@ def test_round_trip_is_exact_even_for_unseen_characters(small_tokenizer, text):
     ids = small_tokenizer.encode(text)
     assert UNK_ID not in ids  # byte fallback, never <unk>
     assert small_tokenizer.decode(ids) == text
+
+
+def test_instruction_template_markers_are_single_pieces(small_tokenizer):
+    """The corpus never had "Task:" or "Answer:", yet each is one token (a user-defined symbol),
+    and a prompt in the template still round-trips."""
+    for marker in TEMPLATE_MARKERS:
+        assert [small_tokenizer.id_to_piece(i) for i in small_tokenizer.encode(marker)] == [marker]
+    prompt = format_prompt("Name the fox.", "Pip ran to the river.")
+    assert small_tokenizer.decode(small_tokenizer.encode(prompt)) == prompt
+    assert small_tokenizer.encode(prompt).count(small_tokenizer.encode(RESPONSE_MARKER)[0]) == 1
 
 
 def test_encode_batch_matches_encode(small_tokenizer):
