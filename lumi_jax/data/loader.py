@@ -52,10 +52,11 @@ class TokenSplit:
     @functools.cached_property
     def example_starts(self) -> np.ndarray | None:
         """Offsets of the examples' BOS tokens in an instruction split (one with a loss mask);
-        None for plain text, whose windows may start anywhere."""
+        None for plain text, or masked tokens not packed as BOS-led examples: windows start anywhere."""
         if self.mask is None:
             return None
-        return np.flatnonzero(np.asarray(self.tokens) == BOS_ID).astype(np.int64)
+        starts = np.flatnonzero(np.asarray(self.tokens) == BOS_ID).astype(np.int64)
+        return starts if len(starts) else None
 
 
 class TokenDataset:
