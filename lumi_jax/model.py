@@ -164,8 +164,12 @@ class Transformer(nn.Module):
         cache: Cache | None = None,
         cache_index: jax.Array | int | None = None,
         key_mask_BS: jax.Array | None = None,
+        scored_N: jax.Array | None = None,
     ) -> tuple[jax.Array, Cache | None]:
         """Return float32 logits (B, T, V) and the updated cache (None when no cache is given).
+
+        `scored_N` (flat positions b·T + t) asks for the logits of those positions only, as
+        (N, V): the head is ~1/6 of tiny's work, and fine-tuning scores only the answer tokens.
 
         Without a cache: a causal pass over the T tokens at positions 0..T-1 (training, scoring).
         With a cache of S slots: the T tokens sit at slots cache_index..cache_index+T-1 and
@@ -203,6 +207,8 @@ class Transformer(nn.Module):
             new_cache.append(layer_new_cache)
 
         x_BTD = RMSNorm(c.norm_eps, name="final_norm")(x_BTD)
+        if scored_N is not None:
+            x_BTD = x_BTD.reshape(B * T, c.d_model)[scored_N]  # (N, D); the head maps any leading shape
         if c.tie_embeddings:
             logits_BTV = embed.attend(x_BTD)
         else:
@@ -229,7 +235,8 @@ def param_shapes(config: ModelConfig) -> dict:
     return jax.eval_shape(lambda rng: init_params(config, rng), jax.random.key(0))
 
 
-def forward(config: ModelConfig, params: dict, tokens_BT: jax.Array, remat: bool = False) -> jax.Array:
+def forward(config: ModelConfig, params: dict, tokens_BT: jax.Array, remat: bool = False,
+            scored_N: jax.Array | None = None) -> jax.Array:
     """Logits (B, T, V) for a causal pass: the function training and scoring use."""
-    logits_BTV, _ = Transformer(config, remat=remat).apply({"params": params}, tokens_BT)
+    logits_BTV, _ = Transformer(config, remat=remat).apply({"params": params}, tokens_BT, scored_N=scored_N)
     return logits_BTV

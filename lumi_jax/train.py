@@ -82,11 +82,24 @@ def token_nats(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(logits_BTV, axis=-1) - target_logit_BT
 
 
-def loss_sums(params, model_config: ModelConfig, inputs_BT, targets_BT, weights_BT, remat: bool = False):
-    """(Σ weights·nats, Σ weights): sums, so callers can aggregate batches exactly."""
-    logits_BTV = forward(model_config, params, inputs_BT, remat=remat)
-    weights_BT = weights_BT.astype(jnp.float32)
-    return jnp.sum(token_nats(logits_BTV, targets_BT) * weights_BT), jnp.sum(weights_BT)
+def loss_sums(params, model_config: ModelConfig, inputs_BT, targets_BT, weights_BT, remat: bool = False,
+              scored_limit: int | None = None):
+    """(Σ weights·nats, Σ weights): sums, so callers can aggregate batches exactly.
+
+    `scored_limit` N: no batch has more than N weighted targets (instruction data, where only
+    answers count), so only those positions go through the head and the softmax. The sums are
+    the same; the caller guarantees the bound (see data/loader.py: max_window_targets).
+    """
+    weights_BT = jnp.asarray(weights_BT, jnp.float32)
+    if scored_limit is None:
+        logits_BTV = forward(model_config, params, inputs_BT, remat=remat)
+        return jnp.sum(token_nats(logits_BTV, targets_BT) * weights_BT), jnp.sum(weights_BT)
+    weights_M, targets_M = weights_BT.reshape(-1), jnp.asarray(targets_BT).reshape(-1)
+    (scored_N,) = jnp.nonzero(weights_M > 0, size=scored_limit, fill_value=0)
+    in_use_N = jnp.arange(scored_limit) < jnp.sum(weights_M > 0)  # the fill repeats position 0
+    logits_NV = forward(model_config, params, inputs_BT, remat=remat, scored_N=scored_N)
+    nats_N = token_nats(logits_NV, targets_M[scored_N])
+    return jnp.sum(nats_N * jnp.where(in_use_N, weights_M[scored_N], 0.0)), jnp.sum(weights_M)
 
 
 def make_eval_step(model_config: ModelConfig):
@@ -105,9 +118,15 @@ class TrainState:
     opt_state: Any
 
 
-def make_train_step(model_config: ModelConfig, train_config: TrainConfig, optimizer, mesh):
-    """fn(state, batch) -> (state, metrics): one update over the global batch."""
+def make_train_step(model_config: ModelConfig, train_config: TrainConfig, optimizer, mesh,
+                    window_target_limit: int | None = None):
+    """fn(state, batch) -> (state, metrics): one update over the global batch.
+
+    `window_target_limit`: the most weighted targets any training window holds, when that is
+    well under the window (instruction data): the loss then runs the head on those only.
+    """
     accum = train_config.grad_accum
+    scored_limit = None if window_target_limit is None else window_target_limit * (train_config.batch_size // accum)
     schedule = learning_rate_schedule(train_config)
     micro_sharding = NamedSharding(mesh, PartitionSpec(None, shard.BATCH_AXES))
 
@@ -117,7 +136,7 @@ def make_train_step(model_config: ModelConfig, train_config: TrainConfig, optimi
         total_weight = jnp.maximum(jnp.sum(batch["weights"].astype(jnp.float32)), 1.0)
 
         def micro_loss(params, inputs, targets, weights):
-            nats, _ = loss_sums(params, model_config, inputs, targets, weights, train_config.remat)
+            nats, _ = loss_sums(params, model_config, inputs, targets, weights, train_config.remat, scored_limit)
             return nats / total_weight
 
         grad_fn = jax.value_and_grad(micro_loss)
@@ -152,9 +171,9 @@ def make_train_step(model_config: ModelConfig, train_config: TrainConfig, optimi
     return train_step
 
 
-def jit_train_step(model_config, train_config, optimizer, mesh, state_shardings):
+def jit_train_step(model_config, train_config, optimizer, mesh, state_shardings, window_target_limit=None):
     """The step as training runs it: placed by the sharding rule, the state donated."""
-    return jax.jit(make_train_step(model_config, train_config, optimizer, mesh),
+    return jax.jit(make_train_step(model_config, train_config, optimizer, mesh, window_target_limit),
                    in_shardings=(state_shardings, shard.batch_sharding(mesh)),
                    out_shardings=(state_shardings, shard.replicated(mesh)),
                    donate_argnums=0)
@@ -451,13 +470,16 @@ def train(
     batch_spec = {name: jax.ShapeDtypeStruct((train_config.batch_size, context), dtype,
                                              sharding=shard.batch_sharding(mesh))
                   for name, dtype in (("inputs", jnp.int32), ("targets", jnp.int32), ("weights", jnp.float32))}
-    step_fn = jit_train_step(model_config, train_config, optimizer, mesh, state_shardings)
+    train_split, val_split = dataset.split("train"), dataset.split("val")
+    target_limit = data_loader.max_window_targets(train_split, context)
+    if target_limit is not None and target_limit > context // 2:
+        target_limit = None  # most positions count: the full head is as cheap
+    step_fn = jit_train_step(model_config, train_config, optimizer, mesh, state_shardings, target_limit)
     compile_started = time.perf_counter()
     compiled_step = step_fn.lower(jax.eval_shape(lambda: state), batch_spec).compile()
     eval_step = make_eval_step(model_config)
     compile_time_s = time.perf_counter() - compile_started
 
-    train_split, val_split = dataset.split("train"), dataset.split("val")
     tokens_per_step = train_config.batch_size * context
     flops_token = flops_per_token(model_config, context)
     peak, _peak_how = peak_flops()
@@ -469,6 +491,8 @@ def train(
             context=context, process_index=jax.process_index(), process_count=jax.process_count())
         arrays = {"inputs": batch.inputs, "targets": batch.targets, "weights": batch.weights}
         assert arrays["inputs"].shape == (rows, context), "the loader returned a batch of another shape"
+        assert target_limit is None or (batch.weights > 0).sum(axis=1).max() <= target_limit, \
+            "a window holds more answer tokens than the bound the step was compiled for"
         return shard.put_batch(arrays, mesh)
 
     def save(step: int) -> None:

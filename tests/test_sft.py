@@ -115,6 +115,53 @@ def test_prompt_tokens_carry_zero_weight_in_the_loss(instructions_dir, micro_con
     assert float(loss(params, micro_config, batch.inputs, changed, batch.weights)[0]) != float(nats)
 
 
+def test_instruction_windows_start_at_an_example(instructions_dir, pretrained):
+    """No training window of instruction data begins inside an example (an answer without its
+    question); windows of text data still start anywhere."""
+    split = loader.TokenDataset(instructions_dir).split("train")
+    starts = np.concatenate([loader.train_window_starts(len(split), seed=3, step=step, batch_size=16, context=CONTEXT,
+                                                        example_starts=split.example_starts) for step in range(20)])
+    assert np.all(np.asarray(split.tokens)[starts] == BOS_ID)
+    assert np.all(starts + CONTEXT < len(split))
+    assert len(np.unique(starts)) > 100  # spread over the examples, not a few fixed ones
+    batch = loader.train_batch(split, seed=3, step=0, batch_size=16, context=CONTEXT)
+    assert np.all(batch.inputs[:, 0] == BOS_ID)
+
+    stories = loader.TokenDataset(pretrained.parent / "stories").split("train")
+    assert stories.example_starts is None
+    text_starts = loader.train_window_starts(len(stories), seed=3, step=0, batch_size=64, context=CONTEXT)
+    assert np.any(np.asarray(stories.tokens)[text_starts] != BOS_ID)
+
+
+def test_scoring_only_answer_positions_gives_the_same_loss_and_gradients(instructions_dir, micro_config):
+    """The head on the weighted positions only (the fine-tuning fast path) against the full head:
+    same sums, same gradients; the bound is the true maximum over the windows training draws."""
+    split = loader.TokenDataset(instructions_dir).split("train")
+    limit = loader.max_window_targets(split, CONTEXT)
+    running = np.concatenate([[0], np.cumsum(np.asarray(split.mask) > 0)])
+    brute_force = max(int(running[s + 1 + CONTEXT] - running[s + 1])
+                      for s in split.example_starts if s < len(split) - CONTEXT)
+    assert limit == brute_force and 0 < limit < CONTEXT // 2
+    assert loader.max_window_targets(loader.TokenDataset(instructions_dir.parent / "stories").split("train"),
+                                     CONTEXT) is None
+
+    batch = loader.train_batch(split, seed=5, step=1, batch_size=4, context=CONTEXT)
+    params = init_params(micro_config, jax.random.key(1))
+
+    def loss(params, scored_limit):
+        nats, weight = loss_sums(params, micro_config, batch.inputs, batch.targets, batch.weights,
+                                 scored_limit=scored_limit)
+        return nats / weight, (nats, weight)
+
+    grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    full_grads, (full_nats, full_weight) = grad(params, None)
+    fast_grads, (fast_nats, fast_weight) = grad(params, 4 * limit)
+    assert float(fast_weight) == float(full_weight) == float(batch.weights.sum())
+    np.testing.assert_allclose(float(fast_nats), float(full_nats), rtol=1e-5)
+    for full, fast in zip(jax.tree.leaves(full_grads), jax.tree.leaves(fast_grads), strict=True):
+        np.testing.assert_allclose(np.asarray(fast), np.asarray(full), rtol=1e-4, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # Truncation of examples longer than the context.
 
