@@ -4,8 +4,8 @@
 
 The issue-6 measurement, end to end, each stage reusing what an earlier invocation left:
 1. `lumi prepare --source sample` (the generated stories) into data/sft_bench_stories;
-2. pretrain the `tiny` shape on it into runs/sft_bench_pretrain (a resumable run: rerunning the
-   script continues it);
+2. pretrain the `tiny` shape on it into runs/sft_bench_pretrain with the prototype session's
+   recipe (config/recipes/prototype.json; a resumable run: rerunning the script continues it);
 3. `lumi prepare --source sample-instructions --tokenizer runs/sft_bench_pretrain/tokenizer.model`;
 4. `lumi sft` (full fine-tuning) with a wall-clock budget of --sft-minutes, compile included; the
    number of steps is chosen from the throughput measured in pretraining so that the schedule
@@ -30,7 +30,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from lumi_jax.config import TrainConfig, load_model_config  # noqa: E402
+from lumi_jax.config import TrainConfig, load_model_config, load_train_config  # noqa: E402
 from lumi_jax.data.prepare import prepare_dataset  # noqa: E402
 from lumi_jax.sft import fine_tune  # noqa: E402
 from lumi_jax.train import train  # noqa: E402
@@ -84,16 +84,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pretrain-steps", type=int, default=1000)
     parser.add_argument("--pretrain-batch", type=int, default=8)
-    parser.add_argument("--vocab-size", type=int, default=2048,
-                        help="tokenizer size (the tiny shape otherwise); the sample stories have too few distinct "
-                             "pieces for tiny's 4096 at the time of writing")
+    parser.add_argument("--vocab-size", type=int, help="tokenizer size (default: the tiny shape's own)")
     parser.add_argument("--sft-minutes", type=float, default=15.0)
-    parser.add_argument("--sft-batch", type=int, default=4)
-    parser.add_argument("--sft-context", type=int, default=256)
+    parser.add_argument("--sft-batch", type=int, default=8)
+    parser.add_argument("--sft-context", type=int, default=128,
+                        help="tokens per fine-tuning window: ~4 whole examples (a window starts at an example)")
     parser.add_argument("--sft-lr", type=float, default=2e-3)
     parser.add_argument("--sft-dtype", choices=("float32", "bfloat16"), default="float32",
                         help="compute dtype of fine-tuning (parameters stay float32)")
-    parser.add_argument("--sft-steps", type=int, help="default: what fits the budget at the pretraining throughput")
+    parser.add_argument("--sft-steps", type=int, help="default: what fits the budget, estimated from the pretraining "
+                        "throughput")
     parser.add_argument("--name", default="sft_bench", help="prefix of the data/ and runs/ directories")
     parser.add_argument("--eval-examples", type=int, default=400)
     parser.add_argument("--probe-only", action="store_true",
@@ -110,15 +110,17 @@ def main() -> int:
         print(json.dumps(result["pretrained_copy_probe"], indent=2))
         return 0
     instructions, tuned = Path(f"data/{args.name}_instr"), Path(f"runs/{args.name}_sft")
+    model_config = load_model_config("tiny")
+    if args.vocab_size:
+        model_config = dataclasses.replace(model_config, vocab_size=args.vocab_size)
     if not (stories / "meta.json").exists():
         started = time.perf_counter()
-        prepare_dataset("sample", stories, vocab_size=args.vocab_size)
+        prepare_dataset("sample", stories, vocab_size=model_config.vocab_size)
         timings["prepare_stories_s"] = time.perf_counter() - started
 
-    model_config = dataclasses.replace(load_model_config("tiny"), vocab_size=args.vocab_size)
-    pretrain_config = TrainConfig(steps=args.pretrain_steps, batch_size=args.pretrain_batch, lr=2e-3,
-                                  warmup=max(1, args.pretrain_steps // 10), min_lr=2e-4, save_every=100,
-                                  eval_every=250, log_every=25)
+    # The prototype session's pretraining: its recipe (1000 steps of 8 x 256), unless told otherwise.
+    pretrain_config = dataclasses.replace(load_train_config("prototype"), steps=args.pretrain_steps,
+                                          batch_size=args.pretrain_batch)
     summary_path = pretrained / "summary.json"
     finished = summary_path.exists() and json.loads(summary_path.read_text())["steps"] >= args.pretrain_steps
     if not finished:  # a new run, or the continuation of an interrupted one
@@ -136,7 +138,9 @@ def main() -> int:
         timings["prepare_instructions_s"] = time.perf_counter() - started
 
     tokens_per_step = args.sft_batch * args.sft_context
-    steps = args.sft_steps or int(0.85 * args.sft_minutes * 60 * measured_tokens_per_s / tokens_per_step)
+    # Windows half as long as pretraining's run ~1.15x the tokens/s (less attention); ~45 s of the
+    # budget go to compiling and to the two evaluations.
+    steps = args.sft_steps or int((args.sft_minutes * 60 - 45) * 1.15 * measured_tokens_per_s / tokens_per_step)
     sft_config = TrainConfig(steps=steps, batch_size=args.sft_batch, context=args.sft_context, lr=args.sft_lr,
                              warmup=max(1, steps // 20), min_lr=args.sft_lr / 10, weight_decay=0.0, dtype=args.sft_dtype,
                              time_budget_minutes=args.sft_minutes, save_every=max(steps // 2, 1),
@@ -155,8 +159,9 @@ def main() -> int:
         "command": " ".join([".venv/bin/python benchmarks/sft_accuracy.py", *sys.argv[1:]]),
         "machine": machine(),
         "load_average_at_sft_start": [round(x, 2) for x in load_before],
-        "model": {**model_config.to_dict(), "note": f"the tiny shape with vocab_size {args.vocab_size}"},
-        "pretraining": {"steps": pretrain_summary["steps"], "batch_size": args.pretrain_batch, "context": 256,
+        "model": {**model_config.to_dict(), "note": f"the tiny shape with vocab_size {model_config.vocab_size}"},
+        "pretraining": {"recipe": "prototype", "settings": pretrain_config.to_dict(),
+                        "steps": pretrain_summary["steps"], "batch_size": args.pretrain_batch, "context": 256,
                         "tokens_seen": pretrain_summary["tokens_seen"], "final_val_loss": pretrain_summary["final_val_loss"],
                         "train_seconds_total": round(pretrain_seconds, 1),
                         "median_tokens_per_s": round(measured_tokens_per_s, 1)},
