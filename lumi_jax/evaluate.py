@@ -123,10 +123,12 @@ def mean_or_none(values: Sequence[float | None]) -> float | None:
 # Validation loss and baselines.
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _window_sums(params, inputs_BT, targets_BT, weights_BT, *, config: ModelConfig):
-    """Per window: (Σ weight·nats, Σ weight). Per-window sums give the loss and its spread."""
-    logits_BTV = forward(config, params, inputs_BT)
+@functools.partial(jax.jit, static_argnames=("config", "separate_examples"))
+def _window_sums(params, inputs_BT, targets_BT, weights_BT, *, config: ModelConfig, separate_examples: bool = False):
+    """Per window: (Σ weight·nats, Σ weight). Per-window sums give the loss and its spread.
+    `separate_examples`: instruction examples attend only to themselves, as in fine-tuning."""
+    segments_BT = jnp.cumsum(inputs_BT == BOS_ID, axis=1) if separate_examples else None
+    logits_BTV = forward(config, params, inputs_BT, segments_BT=segments_BT)
     nats_BT = jax.nn.logsumexp(logits_BTV, axis=-1) - jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
     return jnp.sum(nats_BT * weights_BT, axis=-1), jnp.sum(weights_BT, axis=-1)
 
@@ -142,7 +144,8 @@ def score_split(config: ModelConfig, params, split, tokenizer, *, context: int, 
     window_tokens: list[np.ndarray] = []
     for batch in data_loader.validation_batches(split, batch_size=batch_size, context=context,
                                                 max_batches=max_batches):
-        nats_B, count_B = _window_sums(params, batch.inputs, batch.targets, batch.weights, config=config)
+        nats_B, count_B = _window_sums(params, batch.inputs, batch.targets, batch.weights, config=config,
+                                       separate_examples=split.example_starts is not None)
         nats_B, count_B = np.asarray(nats_B, np.float64), np.asarray(count_B, np.float64)
         keep_B = count_B > 0  # rows of padding in the last batch
         window_nats.append(nats_B[keep_B])

@@ -33,6 +33,7 @@ from flax import traverse_util
 from lumi_jax.config import ModelConfig, TrainConfig, config_hash
 from lumi_jax.errors import UserError
 from lumi_jax.model import Transformer
+from lumi_jax.tokenizer import BOS_ID
 
 TARGET_MATRICES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 SEPARATOR = "/"
@@ -76,8 +77,10 @@ def merge(params: dict, adapters: dict, scale: float) -> dict:
     return traverse_util.unflatten_dict(flat)
 
 
-def lora_forward(config: ModelConfig, params: dict, adapters: dict, scale: float, tokens_BT: jax.Array) -> jax.Array:
-    """Logits of the model with unmerged adapters: every target Dense adds scale · (x A) B."""
+def lora_forward(config: ModelConfig, params: dict, adapters: dict, scale: float, tokens_BT: jax.Array,
+                 segments_BT: jax.Array | None = None) -> jax.Array:
+    """Logits of the model with unmerged adapters: every target Dense adds scale · (x A) B.
+    `segments_BT`: packed examples attend only to themselves (see Transformer)."""
 
     def add_adapter(next_fun, args, kwargs, context):
         module = context.module
@@ -92,7 +95,7 @@ def lora_forward(config: ModelConfig, params: dict, adapters: dict, scale: float
         return y + (scale * delta).astype(y.dtype)
 
     with nn.intercept_methods(add_adapter):
-        logits_BTV, _ = Transformer(config).apply({"params": params}, tokens_BT)
+        logits_BTV, _ = Transformer(config).apply({"params": params}, tokens_BT, segments_BT=segments_BT)
     return logits_BTV
 
 
@@ -147,8 +150,12 @@ def train_lora(train_config: TrainConfig, model_config: ModelConfig, base_params
     optimizer = make_optimizer(train_config)
     opt_state = optimizer.init(adapters)
 
+    train_split = dataset.split("train")
+    separate_examples = train_split.example_starts is not None  # BOS-led instruction examples
+
     def loss_fn(adapters, inputs_BT, targets_BT, weights_BT):
-        logits_BTV = lora_forward(model_config, base_params, adapters, scale, inputs_BT)
+        segments_BT = jnp.cumsum(inputs_BT == BOS_ID, axis=1) if separate_examples else None
+        logits_BTV = lora_forward(model_config, base_params, adapters, scale, inputs_BT, segments_BT)
         nats_BT = full.token_nats(logits_BTV, targets_BT)
         return jnp.sum(nats_BT * weights_BT) / jnp.maximum(jnp.sum(weights_BT), 1.0)
 
@@ -160,7 +167,6 @@ def train_lora(train_config: TrainConfig, model_config: ModelConfig, base_params
         return adapters, opt_state, loss
 
     metrics_log = MetricsLog(run_dir, tensorboard=False)
-    train_split = dataset.split("train")
     tokens_per_step = train_config.batch_size * context
     step, stop_reason, last_loss, step_times = 0, "completed", None, []
     with full.StopRequest() as stop:
@@ -194,7 +200,7 @@ def train_lora(train_config: TrainConfig, model_config: ModelConfig, base_params
     mesh = full.shard.make_mesh(train_config.mesh_data, train_config.mesh_fsdp)
     val_loss = None
     if train_config.eval_every:
-        val_loss = full.evaluate_split(full.make_eval_step(model_config), merged, dataset.split("val"),
+        val_loss = full.evaluate_split(full.make_eval_step(model_config, separate_examples), merged, dataset.split("val"),
                                        train_config, context, mesh)
         metrics_log.write({"step": step, "val_loss": val_loss, "elapsed_s": stopwatch.elapsed()})
     # The checkpoint carries a fresh full-model optimizer state: `lumi train --out` on this run

@@ -165,11 +165,14 @@ class Transformer(nn.Module):
         cache_index: jax.Array | int | None = None,
         key_mask_BS: jax.Array | None = None,
         scored_N: jax.Array | None = None,
+        segments_BT: jax.Array | None = None,
     ) -> tuple[jax.Array, Cache | None]:
         """Return float32 logits (B, T, V) and the updated cache (None when no cache is given).
 
         `scored_N` (flat positions b·T + t) asks for the logits of those positions only, as
         (N, V): the head is ~1/6 of tiny's work, and fine-tuning scores only the answer tokens.
+        `segments_BT` (no cache): a token attends only to earlier tokens of its own segment, so
+        examples packed into one row stay independent, as each is when answered alone.
 
         Without a cache: a causal pass over the T tokens at positions 0..T-1 (training, scoring).
         With a cache of S slots: the T tokens sit at slots cache_index..cache_index+T-1 and
@@ -189,6 +192,8 @@ class Transformer(nn.Module):
             positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
             causal_TT = jnp.tril(jnp.ones((T, T), dtype=bool))
             mask_BTS = jnp.broadcast_to(causal_TT, (B, T, T))
+            if segments_BT is not None:
+                mask_BTS = mask_BTS & (segments_BT[:, :, None] == segments_BT[:, None, :])
             cache_index = None
         else:
             S = cache[0]["k"].shape[1]
@@ -236,7 +241,8 @@ def param_shapes(config: ModelConfig) -> dict:
 
 
 def forward(config: ModelConfig, params: dict, tokens_BT: jax.Array, remat: bool = False,
-            scored_N: jax.Array | None = None) -> jax.Array:
+            scored_N: jax.Array | None = None, segments_BT: jax.Array | None = None) -> jax.Array:
     """Logits (B, T, V) for a causal pass: the function training and scoring use."""
-    logits_BTV, _ = Transformer(config, remat=remat).apply({"params": params}, tokens_BT, scored_N=scored_N)
+    logits_BTV, _ = Transformer(config, remat=remat).apply({"params": params}, tokens_BT, scored_N=scored_N,
+                                                           segments_BT=segments_BT)
     return logits_BTV

@@ -65,6 +65,7 @@ from lumi_jax.metrics import (
 )
 from lumi_jax.model import forward, init_params, param_shapes
 from lumi_jax.optim import learning_rate_schedule, make_optimizer
+from lumi_jax.tokenizer import BOS_ID
 
 # Settings that change what is computed: a resume must keep them, or it is a different run.
 RESUME_LOCKED_FIELDS = ("batch_size", "grad_accum", "context", "lr", "warmup", "min_lr",
@@ -83,28 +84,34 @@ def token_nats(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
 
 
 def loss_sums(params, model_config: ModelConfig, inputs_BT, targets_BT, weights_BT, remat: bool = False,
-              scored_limit: int | None = None):
+              scored_limit: int | None = None, separate_examples: bool = False):
     """(Σ weights·nats, Σ weights): sums, so callers can aggregate batches exactly.
+
+    `separate_examples`: the row holds BOS-led examples (instruction data) and each attends only
+    to itself, as when it is asked alone; without it a question could read the previous
+    example's names and numbers, answers a held-out question never has beside it.
 
     `scored_limit` N: no batch has more than N weighted targets (instruction data, where only
     answers count), so only those positions go through the head and the softmax. The sums are
     the same; the caller guarantees the bound (see data/loader.py: max_window_targets).
     """
     weights_BT = jnp.asarray(weights_BT, jnp.float32)
+    segments_BT = jnp.cumsum(jnp.asarray(inputs_BT) == BOS_ID, axis=1) if separate_examples else None
     if scored_limit is None:
-        logits_BTV = forward(model_config, params, inputs_BT, remat=remat)
+        logits_BTV = forward(model_config, params, inputs_BT, remat=remat, segments_BT=segments_BT)
         return jnp.sum(token_nats(logits_BTV, targets_BT) * weights_BT), jnp.sum(weights_BT)
     weights_M, targets_M = weights_BT.reshape(-1), jnp.asarray(targets_BT).reshape(-1)
     (scored_N,) = jnp.nonzero(weights_M > 0, size=scored_limit, fill_value=0)
     in_use_N = jnp.arange(scored_limit) < jnp.sum(weights_M > 0)  # the fill repeats position 0
-    logits_NV = forward(model_config, params, inputs_BT, remat=remat, scored_N=scored_N)
+    logits_NV = forward(model_config, params, inputs_BT, remat=remat, scored_N=scored_N, segments_BT=segments_BT)
     nats_N = token_nats(logits_NV, targets_M[scored_N])
     return jnp.sum(nats_N * jnp.where(in_use_N, weights_M[scored_N], 0.0)), jnp.sum(weights_M)
 
 
-def make_eval_step(model_config: ModelConfig):
+def make_eval_step(model_config: ModelConfig, separate_examples: bool = False):
     """A jitted fn(params, inputs, targets, weights) -> (Σ nats, Σ weights) for evaluation."""
-    return jax.jit(lambda params, inputs, targets, weights: loss_sums(params, model_config, inputs, targets, weights))
+    return jax.jit(lambda params, inputs, targets, weights: loss_sums(
+        params, model_config, inputs, targets, weights, separate_examples=separate_examples))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,11 +126,12 @@ class TrainState:
 
 
 def make_train_step(model_config: ModelConfig, train_config: TrainConfig, optimizer, mesh,
-                    window_target_limit: int | None = None):
+                    window_target_limit: int | None = None, separate_examples: bool = False):
     """fn(state, batch) -> (state, metrics): one update over the global batch.
 
     `window_target_limit`: the most weighted targets any training window holds, when that is
     well under the window (instruction data): the loss then runs the head on those only.
+    `separate_examples`: packed instruction examples do not attend to each other (loss_sums).
     """
     accum = train_config.grad_accum
     scored_limit = None if window_target_limit is None else window_target_limit * (train_config.batch_size // accum)
@@ -136,7 +144,8 @@ def make_train_step(model_config: ModelConfig, train_config: TrainConfig, optimi
         total_weight = jnp.maximum(jnp.sum(batch["weights"].astype(jnp.float32)), 1.0)
 
         def micro_loss(params, inputs, targets, weights):
-            nats, _ = loss_sums(params, model_config, inputs, targets, weights, train_config.remat, scored_limit)
+            nats, _ = loss_sums(params, model_config, inputs, targets, weights, train_config.remat, scored_limit,
+                                separate_examples)
             return nats / total_weight
 
         grad_fn = jax.value_and_grad(micro_loss)
@@ -171,9 +180,11 @@ def make_train_step(model_config: ModelConfig, train_config: TrainConfig, optimi
     return train_step
 
 
-def jit_train_step(model_config, train_config, optimizer, mesh, state_shardings, window_target_limit=None):
+def jit_train_step(model_config, train_config, optimizer, mesh, state_shardings, window_target_limit=None,
+                   separate_examples=False):
     """The step as training runs it: placed by the sharding rule, the state donated."""
-    return jax.jit(make_train_step(model_config, train_config, optimizer, mesh, window_target_limit),
+    return jax.jit(make_train_step(model_config, train_config, optimizer, mesh, window_target_limit,
+                                   separate_examples),
                    in_shardings=(state_shardings, shard.batch_sharding(mesh)),
                    out_shardings=(state_shardings, shard.replicated(mesh)),
                    donate_argnums=0)
@@ -474,10 +485,12 @@ def train(
     target_limit = data_loader.max_window_targets(train_split, context)
     if target_limit is not None and target_limit > context // 2:
         target_limit = None  # most positions count: the full head is as cheap
-    step_fn = jit_train_step(model_config, train_config, optimizer, mesh, state_shardings, target_limit)
+    separate_examples = train_split.example_starts is not None  # instruction data: BOS-led examples
+    step_fn = jit_train_step(model_config, train_config, optimizer, mesh, state_shardings, target_limit,
+                             separate_examples)
     compile_started = time.perf_counter()
     compiled_step = step_fn.lower(jax.eval_shape(lambda: state), batch_spec).compile()
-    eval_step = make_eval_step(model_config)
+    eval_step = make_eval_step(model_config, separate_examples)
     compile_time_s = time.perf_counter() - compile_started
 
     tokens_per_step = train_config.batch_size * context

@@ -14,7 +14,7 @@ from lumi_jax.data import loader
 from lumi_jax.data.instructions import held_out_examples
 from lumi_jax.data.prepare import prepare_dataset
 from lumi_jax.lora import adapter_names
-from lumi_jax.model import init_params
+from lumi_jax.model import forward, init_params
 from lumi_jax.run import load_run
 from lumi_jax.tokenizer import BOS_ID, EOS_ID, Tokenizer
 from lumi_jax.train import enable_compilation_cache, loss_sums, train
@@ -131,6 +131,33 @@ def test_instruction_windows_start_at_an_example(instructions_dir, pretrained):
     assert stories.example_starts is None
     text_starts = loader.train_window_starts(len(stories), seed=3, step=0, batch_size=64, context=CONTEXT)
     assert np.any(np.asarray(stories.tokens)[text_starts] != BOS_ID)
+
+
+def test_packed_examples_do_not_see_each_other(instructions_dir, micro_config):
+    """The second example of a packed row scores exactly as it does alone (the held-out question
+    is always asked alone); with attention across the row it would not."""
+    tokens = np.asarray(loader.TokenDataset(instructions_dir).split("train").tokens)
+    starts, ends = sft.example_bounds(tokens)
+    first, second = tokens[starts[0]:ends[0]], tokens[starts[1]:ends[1]]
+    packed = np.concatenate([first, second])[None, :].astype(np.int32)
+    alone = second[None, :].astype(np.int32)
+    params = init_params(micro_config, jax.random.key(2))
+
+    def nats(inputs, separate):  # −log p of each next token, per position
+        targets = np.roll(inputs, -1, axis=1)
+        weights = np.ones(inputs.shape, np.float32)
+        logits = forward(micro_config, params, inputs,
+                         segments_BT=np.cumsum(inputs == BOS_ID, axis=1) if separate else None)
+        per_token = np.asarray(jax.nn.logsumexp(logits, -1) - np.take_along_axis(logits, targets[..., None], -1)[..., 0])
+        total, _ = loss_sums(params, micro_config, inputs, targets, weights, separate_examples=separate)
+        return per_token[0], float(total)
+
+    separated, _ = nats(packed, True)
+    by_itself, _ = nats(alone, False)
+    np.testing.assert_allclose(separated[len(first):-1], by_itself[:-1], rtol=1e-5, atol=1e-5)
+    mixed, _ = nats(packed, False)
+    assert not np.allclose(mixed[len(first):-1], by_itself[:-1], rtol=1e-5, atol=1e-5)
+    assert nats(packed, True)[1] != nats(packed, False)[1]
 
 
 def test_scoring_only_answer_positions_gives_the_same_loss_and_gradients(instructions_dir, micro_config):
