@@ -48,7 +48,7 @@ from lumi_jax.config import REPO_ROOT, ModelConfig
 from lumi_jax.data import loader as data_loader
 from lumi_jax.errors import UserError
 from lumi_jax.generate import Sampling, generate_ids
-from lumi_jax.model import forward
+from lumi_jax.model import example_segments, forward
 from lumi_jax.tokenizer import BOS_ID, EOS_ID, UNK_ID
 
 PROMPTS_PATH = REPO_ROOT / "config" / "evaluation" / "prompts.json"
@@ -127,7 +127,7 @@ def mean_or_none(values: Sequence[float | None]) -> float | None:
 def _window_sums(params, inputs_BT, targets_BT, weights_BT, *, config: ModelConfig, separate_examples: bool = False):
     """Per window: (Σ weight·nats, Σ weight). Per-window sums give the loss and its spread.
     `separate_examples`: instruction examples attend only to themselves, as in fine-tuning."""
-    segments_BT = jnp.cumsum(inputs_BT == BOS_ID, axis=1) if separate_examples else None
+    segments_BT = example_segments(inputs_BT) if separate_examples else None
     logits_BTV = forward(config, params, inputs_BT, segments_BT=segments_BT)
     nats_BT = jax.nn.logsumexp(logits_BTV, axis=-1) - jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
     return jnp.sum(nats_BT * weights_BT, axis=-1), jnp.sum(weights_BT, axis=-1)

@@ -32,8 +32,7 @@ from flax import traverse_util
 
 from lumi_jax.config import ModelConfig, TrainConfig, config_hash
 from lumi_jax.errors import UserError
-from lumi_jax.model import Transformer
-from lumi_jax.tokenizer import BOS_ID
+from lumi_jax.model import Transformer, example_segments
 
 TARGET_MATRICES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 SEPARATOR = "/"
@@ -154,7 +153,7 @@ def train_lora(train_config: TrainConfig, model_config: ModelConfig, base_params
     separate_examples = train_split.example_starts is not None  # BOS-led instruction examples
 
     def loss_fn(adapters, inputs_BT, targets_BT, weights_BT):
-        segments_BT = jnp.cumsum(inputs_BT == BOS_ID, axis=1) if separate_examples else None
+        segments_BT = example_segments(inputs_BT) if separate_examples else None
         logits_BTV = lora_forward(model_config, base_params, adapters, scale, inputs_BT, segments_BT)
         nats_BT = full.token_nats(logits_BTV, targets_BT)
         return jnp.sum(nats_BT * weights_BT) / jnp.maximum(jnp.sum(weights_BT), 1.0)

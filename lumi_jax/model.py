@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from lumi_jax.config import ModelConfig
+from lumi_jax.tokenizer import BOS_ID
 
 Cache = list[dict[str, jax.Array]]  # one {"k": k_BSNK, "v": v_BSNK} per layer
 
@@ -238,6 +239,11 @@ def init_params(config: ModelConfig, rng: jax.Array) -> dict:
 def param_shapes(config: ModelConfig) -> dict:
     """The parameter pytree as ShapeDtypeStructs, without allocating anything."""
     return jax.eval_shape(lambda rng: init_params(config, rng), jax.random.key(0))
+
+
+def example_segments(tokens_BT: jax.Array) -> jax.Array:
+    """Segment ids for `segments_BT`: each BOS starts a new packed example."""
+    return jnp.cumsum(jnp.asarray(tokens_BT) == BOS_ID, axis=1)
 
 
 def forward(config: ModelConfig, params: dict, tokens_BT: jax.Array, remat: bool = False,

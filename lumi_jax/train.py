@@ -63,9 +63,8 @@ from lumi_jax.metrics import (
     read_metrics,
     tensorboard_writer_class,
 )
-from lumi_jax.model import forward, init_params, param_shapes
+from lumi_jax.model import example_segments, forward, init_params, param_shapes
 from lumi_jax.optim import learning_rate_schedule, make_optimizer
-from lumi_jax.tokenizer import BOS_ID
 
 # Settings that change what is computed: a resume must keep them, or it is a different run.
 RESUME_LOCKED_FIELDS = ("batch_size", "grad_accum", "context", "lr", "warmup", "min_lr",
@@ -96,7 +95,7 @@ def loss_sums(params, model_config: ModelConfig, inputs_BT, targets_BT, weights_
     the same; the caller guarantees the bound (see data/loader.py: max_window_targets).
     """
     weights_BT = jnp.asarray(weights_BT, jnp.float32)
-    segments_BT = jnp.cumsum(jnp.asarray(inputs_BT) == BOS_ID, axis=1) if separate_examples else None
+    segments_BT = example_segments(inputs_BT) if separate_examples else None
     if scored_limit is None:
         logits_BTV = forward(model_config, params, inputs_BT, remat=remat, segments_BT=segments_BT)
         return jnp.sum(token_nats(logits_BTV, targets_BT) * weights_BT), jnp.sum(weights_BT)

@@ -14,7 +14,7 @@ from lumi_jax.data import loader
 from lumi_jax.data.instructions import held_out_examples
 from lumi_jax.data.prepare import prepare_dataset
 from lumi_jax.lora import adapter_names
-from lumi_jax.model import forward, init_params
+from lumi_jax.model import example_segments, forward, init_params
 from lumi_jax.run import load_run
 from lumi_jax.tokenizer import BOS_ID, EOS_ID, Tokenizer
 from lumi_jax.train import enable_compilation_cache, loss_sums, train
@@ -147,7 +147,7 @@ def test_packed_examples_do_not_see_each_other(instructions_dir, micro_config):
         targets = np.roll(inputs, -1, axis=1)
         weights = np.ones(inputs.shape, np.float32)
         logits = forward(micro_config, params, inputs,
-                         segments_BT=np.cumsum(inputs == BOS_ID, axis=1) if separate else None)
+                         segments_BT=example_segments(inputs) if separate else None)
         per_token = np.asarray(jax.nn.logsumexp(logits, -1) - np.take_along_axis(logits, targets[..., None], -1)[..., 0])
         total, _ = loss_sums(params, micro_config, inputs, targets, weights, separate_examples=separate)
         return per_token[0], float(total)

@@ -2,8 +2,8 @@
 
 `train_batch(split, seed=, step=, ...)` draws the window starts of a GLOBAL batch from
 (seed, step) alone (anywhere in a text split; at an example's BOS in an instruction split, so
-that no window begins inside an example and trains on an answer whose question it cannot see), so resuming at step N sees exactly the batches an uninterrupted run would
-have seen, and every process of a multi-host run computes the same global batch and slices its
+that no window begins inside an example and trains on an answer whose question it cannot see),
+so resuming at step N sees exactly the batches an uninterrupted run would have seen, and every process of a multi-host run computes the same global batch and slices its
 own rows from it (it reads only those rows' tokens). `validation_batches` walks the validation
 split in order, non-overlapping, so every token after the first is scored exactly once; the
 last batch is padded to full shape with weight 0 so a jitted evaluation compiles once.
@@ -168,7 +168,7 @@ def train_window_starts(split_length: int, *, seed: int, step: int, batch_size: 
 def max_window_targets(split: TokenSplit, context: int) -> int | None:
     """The most weighted targets a training window of `context` can hold (None without a mask):
     over every window `train_batch` may draw, from a running sum of the mask, so exact."""
-    if split.mask is None or split.example_starts is None:
+    if split.example_starts is None:  # text, or masked tokens not packed as examples
         return None
     _check_window(split, context)
     running = np.concatenate([[0], np.cumsum(np.asarray(split.mask) > 0, dtype=np.int64)])
