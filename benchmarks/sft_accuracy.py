@@ -31,6 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from lumi_jax.config import TrainConfig, load_model_config, load_train_config  # noqa: E402
+from lumi_jax.data.instructions import APPROX_BYTES_PER_EXAMPLE  # noqa: E402
 from lumi_jax.data.prepare import prepare_dataset  # noqa: E402
 from lumi_jax.sft import fine_tune  # noqa: E402
 from lumi_jax.train import train  # noqa: E402
@@ -94,6 +95,8 @@ def main() -> int:
                         help="compute dtype of fine-tuning (parameters stay float32)")
     parser.add_argument("--sft-steps", type=int, help="default: what fits the budget, estimated from the pretraining "
                         "throughput")
+    parser.add_argument("--train-examples", type=int,
+                        help="sample-instructions training examples (default: the source's own, 30,000)")
     parser.add_argument("--name", default="sft_bench", help="prefix of the data/ and runs/ directories")
     parser.add_argument("--eval-examples", type=int, default=400)
     parser.add_argument("--probe-only", action="store_true",
@@ -109,7 +112,8 @@ def main() -> int:
         RESULT.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(json.dumps(result["pretrained_copy_probe"], indent=2))
         return 0
-    instructions, tuned = Path(f"data/{args.name}_instr"), Path(f"runs/{args.name}_sft")
+    instructions = Path(f"data/{args.name}_instr" + (f"_{args.train_examples}" if args.train_examples else ""))
+    tuned = Path(f"runs/{args.name}_sft")
     model_config = load_model_config("tiny")
     if args.vocab_size:
         model_config = dataclasses.replace(model_config, vocab_size=args.vocab_size)
@@ -134,7 +138,9 @@ def main() -> int:
 
     if not (instructions / "meta.json").exists():
         started = time.perf_counter()
-        prepare_dataset("sample-instructions", instructions, tokenizer=pretrained / "tokenizer.model")
+        # the source counts examples as int(size / APPROX_BYTES_PER_EXAMPLE); half an example keeps the count exact
+        size_mb = (args.train_examples + 0.5) * APPROX_BYTES_PER_EXAMPLE / 1e6 if args.train_examples else None
+        prepare_dataset("sample-instructions", instructions, tokenizer=pretrained / "tokenizer.model", size_mb=size_mb)
         timings["prepare_instructions_s"] = time.perf_counter() - started
 
     tokens_per_step = args.sft_batch * args.sft_context
@@ -166,6 +172,8 @@ def main() -> int:
                         "train_seconds_total": round(pretrain_seconds, 1),
                         "median_tokens_per_s": round(measured_tokens_per_s, 1)},
         "fine_tuning": {"settings": sft_config.to_dict(), "steps_done": summary["steps"],
+                        "training_examples": json.loads((instructions / "meta.json").read_text())
+                        .get("source_details", {}).get("train_examples"),
                         "stop_reason": summary["stop_reason"], "wall_time_s": round(summary["wall_time_s"], 1),
                         "compile_time_s": summary.get("compile_time_s"), "final_train_loss": summary["final_train_loss"],
                         "tokens_per_s": summary.get("tokens_per_s")},
