@@ -169,6 +169,7 @@ def main() -> int:
         "pretraining": {"recipe": "prototype", "settings": pretrain_config.to_dict(),
                         "steps": pretrain_summary["steps"], "batch_size": args.pretrain_batch, "context": 256,
                         "tokens_seen": pretrain_summary["tokens_seen"], "final_val_loss": pretrain_summary["final_val_loss"],
+                        "copy_warmup": pretrain_summary.get("copy_warmup"),
                         "train_seconds_total": round(pretrain_seconds, 1),
                         "median_tokens_per_s": round(measured_tokens_per_s, 1)},
         "fine_tuning": {"settings": sft_config.to_dict(), "steps_done": summary["steps"],

@@ -238,6 +238,7 @@ class TrainConfig:
     context: int | None = None  # tokens per sequence; None means the model's max_seq_len
     lr: float = 1e-3  # peak learning rate, reached at the end of warmup
     warmup: int = 100  # linear warmup steps from 0 to lr
+    copy_warmup_steps: int = 0  # steps on synthetic copying before the data, for a fresh run (copy_warmup.py)
     min_lr: float = 1e-4  # cosine decay floor, reached at the last step
     weight_decay: float = 0.1  # AdamW decoupled decay, on matrices only (not norms)
     beta1: float = 0.9
@@ -265,7 +266,7 @@ class TrainConfig:
                       "log_every", "eval_batches", "mesh_fsdp"):
             if getattr(self, field) <= 0:
                 fail(field, f"is {getattr(self, field)}", "use a positive integer")
-        for field in ("warmup", "eval_every", "mesh_data", "seed"):
+        for field in ("warmup", "copy_warmup_steps", "eval_every", "mesh_data", "seed"):
             if getattr(self, field) < 0:
                 fail(field, f"is {getattr(self, field)}", "use zero or a positive integer")
         if self.context is not None and self.context <= 1:

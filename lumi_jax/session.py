@@ -39,8 +39,8 @@ TIMED_SESSIONS: dict[str, TimedSession] = {
         "train the micro model until its loss falls clearly, evaluate it (< 5 min on 2 CPU cores)",
         "data/sample-v512-2mb-seed0/, runs/quick-STAMP/"),
     "prototype": TimedSession(
-        120, "prepare the sample corpus (or DATA), train the ~6M tiny model for 1000 steps, evaluate it "
-        "with curves and samples, check its architecture",
+        120, "prepare the sample corpus (or DATA), train the ~6M tiny model (300 copy warm-up steps, then 1000 "
+        "steps), evaluate it with curves and samples, check its architecture",
         "data/sample-v4096-seed0/ (or one for DATA), runs/prototype-STAMP/ with eval.md and curves.png"),
     "experiment": TimedSession(
         240, "pretrain the ~42M small model within its share of the budget, fine-tune it on instructions, "

@@ -51,6 +51,7 @@ from lumi_jax.config import (
     read_json,
     train_config_from_dict,
 )
+from lumi_jax.copy_warmup import COPY_WARMUP_FILE, warm_up
 from lumi_jax.data import loader as data_loader
 from lumi_jax.errors import UserError
 from lumi_jax.metrics import (
@@ -460,6 +461,12 @@ def train(
     if restored is None:
         start_step = 0
         state, _ = initial_state(model_config, train_config, optimizer, mesh, init_params)
+        if train_config.copy_warmup_steps and init_params is None:
+            warm_params, copy_warmup = warm_up(state.params, model_config, train_config, context, mesh,
+                                               log=lambda line: print(line, flush=True) if is_writer and show_progress else None)
+            state, _ = initial_state(model_config, train_config, optimizer, mesh, warm_params)
+            if is_writer:
+                write_json_atomic(run_dir / COPY_WARMUP_FILE, copy_warmup)
     else:
         meta = restored["meta"]
         if meta.get("tokenizer_sha256") != dataset.tokenizer_sha256 or meta.get("config_hash") != identity_hash:
@@ -605,6 +612,7 @@ def train(
         "tokens_per_s": tokens_per_step / float(np.mean(step_times[1:] or step_times)) if step_times else None,
         "stop_reason": stop_reason,
         "resumed_from_step": start_step or None,
+        "copy_warmup": read_json(run_dir / COPY_WARMUP_FILE) if (run_dir / COPY_WARMUP_FILE).exists() else None,
         "message": message,
     }
     if is_writer:
@@ -626,6 +634,7 @@ def train(
 FLAG_FIELDS = {  # flag -> TrainConfig field (flags override the recipe)
     "steps": "steps", "batch_size": "batch_size", "grad_accum": "grad_accum", "context": "context",
     "lr": "lr", "warmup": "warmup", "min_lr": "min_lr", "weight_decay": "weight_decay", "seed": "seed",
+    "copy_warmup_steps": "copy_warmup_steps",
     "time_budget": "time_budget_minutes", "save_every": "save_every", "eval_every": "eval_every",
     "log_every": "log_every", "keep": "keep_checkpoints",
 }
@@ -645,6 +654,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--warmup", type=int, help="linear warmup steps")
     parser.add_argument("--min-lr", type=float, help="learning-rate floor at the last step")
+    parser.add_argument("--copy-warmup-steps", type=int, help="a fresh run first trains this many steps on "
+                        "synthetic copying, so attention learns to read back (lumi_jax/copy_warmup.py)")
     parser.add_argument("--weight-decay", type=float, help="AdamW weight decay (matrices only)")
     parser.add_argument("--seed", type=int, help="initialisation and data-order seed")
     parser.add_argument("--time-budget", type=float, metavar="MINUTES", help="stop cleanly and save after this long")
@@ -669,7 +680,7 @@ def train_config_from_args(args: argparse.Namespace, stored: dict | None) -> Tra
     else:
         base = TrainConfig().to_dict()
     for flag, field in FLAG_FIELDS.items():
-        value = getattr(args, flag)
+        value = getattr(args, flag, None)  # `lumi sft` has no --copy-warmup-steps: it never warms up
         if value is not None:
             base[field] = value
     if args.dtype:

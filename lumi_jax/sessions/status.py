@@ -141,7 +141,7 @@ def next_session(found_datasets: list, found_runs: list, records: list) -> str:
     if not found_runs and "quick" not in passed:
         return "`make session-quick`: check the whole pipeline end to end (< 5 min)"
     if not any(r["model"] not in (None, "micro") for r in found_runs):
-        return "`make session-prototype`: train the ~6M tiny model for 1000 steps and evaluate it"
+        return "`make session-prototype`: train the ~6M tiny model (a copy warm-up, then 1000 steps) and evaluate it"
     unevaluated = [r for r in found_runs if r["evaluation"] is None and r["checkpoint_step"]]
     if unevaluated:
         newest = max(unevaluated, key=lambda r: r["modified"])

@@ -109,11 +109,12 @@ def prepare_data(ctx: StepContext, source: str, model_config: ModelConfig, *, si
 
 
 def session_train_config(recipe: str, *, seed: int, steps: int | None) -> TrainConfig:
-    """The recipe, with the session's seed and (when scaled down) fewer steps and a shorter warmup."""
+    """The recipe, with the session's seed and (when scaled down) fewer steps and shorter warmups."""
     config = dataclasses.replace(load_train_config(recipe), seed=seed)
     if steps is not None:
         config = dataclasses.replace(
             config, steps=steps, warmup=min(config.warmup, steps // 10),
+            copy_warmup_steps=min(config.copy_warmup_steps, steps * 3 // 10),
             save_every=min(config.save_every, steps), eval_every=min(config.eval_every, steps),
             log_every=min(config.log_every, max(1, steps // 10)))
     return config

@@ -1,0 +1,80 @@
+"""Copy warm-up: induction heads before text.
+
+To answer a question about its input, a model needs attention that finds an earlier occurrence
+of a token and carries over what stands next to it (an induction head). Learning one is abrupt:
+a long plateau, then a quick drop. On stories, where only a few tokens (a name said again) can
+be predicted that way, tiny does not get past the plateau within the prototype's 1000 steps: it
+pays as much for a name it has already read as for a new one. On rows made for nothing else (a
+random span of tokens, then the same span again, the loss on the repeat only) it does, in a
+few hundred steps: tiny's copy loss falls from 8.3 to 0.2 nats in 300 steps of 16 x 128.
+
+`train` runs these steps first when `copy_warmup_steps` > 0 and a run starts from fresh
+parameters (not when it resumes or fine-tunes); the warmed parameters then start the text
+training with a fresh optimizer. The same train step runs both (train.jit_train_step), so the
+warm-up shards and compiles like training. Ids 0-2 (unk, bos, eos) never appear in the rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import numpy as np
+
+from lumi_jax.config import ModelConfig, TrainConfig
+from lumi_jax.optim import make_optimizer
+
+COPY_WARMUP_FILE = "copy_warmup.json"  # in the run directory: steps, final copy loss, seconds
+SPAN = 64  # tokens in the random span; a row is the span twice
+FIRST_ORDINARY_ID = 3  # after unk, bos and eos
+LR_WARMUP_STEPS = 20
+
+
+def copy_rows(rng: np.random.Generator, rows: int, span: int, vocab_size: int) -> dict[str, np.ndarray]:
+    """`rows` rows of a random span and its repeat, as inputs / targets / weights (2·span each).
+
+    The weight is 1 where the target lies in the repeat (from its second token on: its first
+    cannot be known), so the loss counts only what copying can predict."""
+    spans = rng.integers(FIRST_ORDINARY_ID, vocab_size, size=(rows, span), dtype=np.int64)
+    sequence = np.concatenate([spans, spans, spans[:, :1]], axis=1).astype(np.int32)
+    weights = np.zeros((rows, 2 * span), np.float32)
+    weights[:, span:] = 1.0  # targets span+1 .. 2·span: the repeat after its first token
+    return {"inputs": sequence[:, :-1], "targets": sequence[:, 1:], "weights": weights}
+
+
+def warmup_config(train_config: TrainConfig, context: int) -> tuple[TrainConfig, int]:
+    """The warm-up's own settings: the run's tokens per step in rows of 2·SPAN, its peak lr held
+    after 20 steps, no weight decay and no clipping (as measured)."""
+    span = min(SPAN, context // 2)
+    rows = train_config.batch_size * max(1, context // (2 * span))
+    steps = train_config.copy_warmup_steps
+    config = dataclasses.replace(
+        train_config, steps=steps, batch_size=rows, grad_accum=1, context=2 * span,
+        warmup=min(LR_WARMUP_STEPS, steps - 1), min_lr=train_config.lr, weight_decay=0.0, grad_clip=0.0)
+    return config, span
+
+
+def warm_up(params, model_config: ModelConfig, train_config: TrainConfig, context: int, mesh, log) -> tuple:
+    """(params after `copy_warmup_steps` steps of copying, {"steps", "final_copy_nats", "seconds"})."""
+    from lumi_jax import sharding as shard
+    from lumi_jax.train import jit_train_step, new_state
+
+    config, span = warmup_config(train_config, context)
+    optimizer = make_optimizer(config)
+    state_shardings = shard.state_shardings(jax.eval_shape(lambda p: new_state(p, optimizer), params), mesh)
+    state = jax.jit(lambda p: new_state(p, optimizer), out_shardings=state_shardings)(params)
+    step_fn = jit_train_step(model_config, config, optimizer, mesh, state_shardings)
+    rng = np.random.default_rng([train_config.seed, jax.process_index()])
+    host_rows = config.batch_size // jax.process_count()
+    started = time.perf_counter()
+    copy_nats = float("nan")
+    for step in range(1, config.steps + 1):
+        batch = shard.put_batch(copy_rows(rng, host_rows, span, model_config.vocab_size), mesh)
+        state, metrics = step_fn(state, batch)
+        if step % 50 == 0 or step == config.steps:
+            copy_nats = float(metrics["loss"])
+            log(f"copy warm-up {step}/{config.steps}: {copy_nats:.3f} nats on the repeats "
+                f"(guessing: {np.log(model_config.vocab_size - FIRST_ORDINARY_ID):.1f})")
+    return state.params, {"steps": config.steps, "final_copy_nats": round(copy_nats, 4),
+                          "seconds": round(time.perf_counter() - started, 1)}

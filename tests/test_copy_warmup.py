@@ -1,0 +1,77 @@
+"""The copy warm-up: its rows, that it teaches copying, and when `train` runs it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from lumi_jax import sharding as shard
+from lumi_jax.config import TrainConfig
+from lumi_jax.copy_warmup import COPY_WARMUP_FILE, FIRST_ORDINARY_ID, copy_rows, warm_up
+from lumi_jax.errors import UserError
+from lumi_jax.model import init_params
+from lumi_jax.train import loss_sums, train
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
+# Context 32: rows of a 16-token span and its repeat; micro learns to copy them in ~200 steps.
+WARM_CONFIG = TrainConfig(steps=10, batch_size=8, context=32, lr=3e-3, warmup=2, min_lr=3e-4, eval_every=0,
+                          save_every=10, log_every=5, copy_warmup_steps=300)
+
+
+def test_rows_repeat_a_random_span_and_weigh_only_what_copying_predicts():
+    rows = copy_rows(np.random.default_rng(0), rows=4, span=16, vocab_size=512)
+    inputs, targets, weights = rows["inputs"], rows["targets"], rows["weights"]
+    assert inputs.shape == targets.shape == weights.shape == (4, 32)
+    assert np.array_equal(inputs[:, 16:], inputs[:, :16])  # the span, then the span again
+    assert np.array_equal(targets[:, :-1], inputs[:, 1:])  # targets are the next tokens
+    assert inputs.min() >= FIRST_ORDINARY_ID and inputs.max() < 512  # never unk, bos or eos
+    counted = weights > 0
+    assert counted[:, 16:].all() and not counted[:, :16].any()
+    # every counted target is the token that followed the same input in the first span
+    assert np.array_equal(targets[:, 16:], targets[:, :16])
+
+
+def copy_nats(params, micro_config) -> float:
+    rows = copy_rows(np.random.default_rng(123), rows=16, span=16, vocab_size=micro_config.vocab_size)
+    nats, weight = loss_sums(params, micro_config, rows["inputs"], rows["targets"], rows["weights"])
+    return float(nats / weight)
+
+
+def test_warm_up_teaches_a_fresh_model_to_copy_what_it_has_read(micro_config):
+    params = init_params(micro_config, jax.random.key(0))
+    before = copy_nats(params, micro_config)
+    lines = []
+    warmed, info = warm_up(params, micro_config, WARM_CONFIG, 32, shard.make_mesh(), log=lines.append)
+    after = copy_nats(warmed, micro_config)
+    assert before > 5.5  # ln(509) = 6.2: a fresh model guesses
+    assert after < 1.0, f"copy loss {before:.2f} -> {after:.2f} nats: no induction after the warm-up"
+    assert info["steps"] == 300 and info["final_copy_nats"] < 1.0
+    assert len(lines) == 6 and lines[-1].startswith("copy warm-up 300/300")
+
+
+def test_a_fresh_run_warms_up_first_and_a_fine_tuning_does_not(micro_config, dataset_dir, tmp_path):
+    config = dataclasses.replace(WARM_CONFIG, copy_warmup_steps=5)
+    summary = train(config, micro_config, dataset_dir, tmp_path / "fresh", show_progress=False)
+    assert summary["copy_warmup"]["steps"] == 5 and summary["steps"] == 10
+    assert json.loads((tmp_path / "fresh" / COPY_WARMUP_FILE).read_text())["steps"] == 5
+
+    given = init_params(micro_config, jax.random.key(1))
+    summary = train(config, micro_config, dataset_dir, tmp_path / "tuned", init_params=given, show_progress=False)
+    assert summary["copy_warmup"] is None and not (tmp_path / "tuned" / COPY_WARMUP_FILE).exists()
+
+
+def test_negative_warm_up_steps_are_refused():
+    with pytest.raises(UserError, match="'copy_warmup_steps' is -1; use zero or a positive integer"):
+        dataclasses.replace(WARM_CONFIG, copy_warmup_steps=-1).validate("recipe")
+
+
+def test_the_prototype_recipe_warms_up_and_a_scaled_down_session_warms_up_less():
+    from lumi_jax.sessions.steps import session_train_config
+
+    assert session_train_config("prototype", seed=0, steps=None).copy_warmup_steps == 300
+    assert session_train_config("prototype", seed=0, steps=20).copy_warmup_steps == 6  # 3 for every 10 steps
