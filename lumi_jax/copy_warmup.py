@@ -44,13 +44,14 @@ def copy_rows(rng: np.random.Generator, rows: int, span: int, vocab_size: int) -
 
 
 def warmup_config(train_config: TrainConfig, context: int) -> tuple[TrainConfig, int]:
-    """The warm-up's own settings: the run's tokens per step in rows of 2·SPAN, its peak lr held
-    after 20 steps, no weight decay and no clipping (as measured)."""
+    """The warm-up's own settings: the run's tokens per step in rows of 2·SPAN, split into the
+    run's micro-batches (so it fits where the run fits), its peak lr held after 20 steps, no
+    weight decay and no clipping (as measured)."""
     span = min(SPAN, context // 2)
     rows = train_config.batch_size * max(1, context // (2 * span))
     steps = train_config.copy_warmup_steps
     config = dataclasses.replace(
-        train_config, steps=steps, batch_size=rows, grad_accum=1, context=2 * span,
+        train_config, steps=steps, batch_size=rows, context=2 * span,  # grad_accum kept: rows divide by it
         warmup=min(LR_WARMUP_STEPS, steps - 1), min_lr=train_config.lr, weight_decay=0.0, grad_clip=0.0)
     return config, span
 

@@ -11,7 +11,13 @@ import pytest
 
 from lumi_jax import sharding as shard
 from lumi_jax.config import TrainConfig
-from lumi_jax.copy_warmup import COPY_WARMUP_FILE, FIRST_ORDINARY_ID, copy_rows, warm_up
+from lumi_jax.copy_warmup import (
+    COPY_WARMUP_FILE,
+    FIRST_ORDINARY_ID,
+    copy_rows,
+    warm_up,
+    warmup_config,
+)
 from lumi_jax.errors import UserError
 from lumi_jax.model import init_params
 from lumi_jax.train import loss_sums, train
@@ -75,3 +81,10 @@ def test_the_prototype_recipe_warms_up_and_a_scaled_down_session_warms_up_less()
 
     assert session_train_config("prototype", seed=0, steps=None).copy_warmup_steps == 300
     assert session_train_config("prototype", seed=0, steps=20).copy_warmup_steps == 6  # 3 for every 10 steps
+
+
+def test_the_warm_up_keeps_the_runs_tokens_per_step_and_micro_batches():
+    run = TrainConfig(steps=1000, batch_size=8, grad_accum=4, lr=1e-3, copy_warmup_steps=300)
+    config, span = warmup_config(run, context=256)
+    assert (span, config.context, config.batch_size, config.grad_accum) == (64, 128, 16, 4)  # 16 x 128 = 8 x 256
+    assert config.steps == 300 and config.min_lr == config.lr == 1e-3 and config.weight_decay == 0.0
