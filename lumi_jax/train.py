@@ -462,7 +462,9 @@ def train(
         start_step = 0
         state, _ = initial_state(model_config, train_config, optimizer, mesh, init_params)
         if train_config.copy_warmup_steps and init_params is None:
-            warm_params, copy_warmup = warm_up(state.params, model_config, train_config, context, mesh,
+            fresh_params = state.params
+            del state  # its optimizer state would sit in memory beside the warm-up's own
+            warm_params, copy_warmup = warm_up(fresh_params, model_config, train_config, context, mesh,
                                                log=lambda line: print(line, flush=True) if is_writer and show_progress else None)
             state, _ = initial_state(model_config, train_config, optimizer, mesh, warm_params)
             if is_writer:
