@@ -36,7 +36,7 @@ from lumi_jax.config import TrainConfig, load_model_config  # noqa: E402
 from lumi_jax.data.prepare import prepare_dataset  # noqa: E402
 from lumi_jax.generate import GREEDY, generate_ids  # noqa: E402
 from lumi_jax.metrics import read_metrics  # noqa: E402
-from lumi_jax.run import load_run  # noqa: E402
+from lumi_jax.runs import load_run  # noqa: E402
 from lumi_jax.train import train  # noqa: E402
 
 BOOK = ROOT.parent / "shared" / "data" / "war_and_peace.txt"

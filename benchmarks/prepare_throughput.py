@@ -34,7 +34,7 @@ from lumi_jax.data.prepare import pack_documents, prepare_dataset, token_dtype_f
 from lumi_jax.data.sample_corpus import generate_stories  # noqa: E402
 from lumi_jax.data.sources import Document  # noqa: E402
 from lumi_jax.data.text import read_text_file, split_documents  # noqa: E402
-from lumi_jax.tokenizer import train_tokenizer  # noqa: E402
+from lumi_jax.data.tokenizer import train_tokenizer  # noqa: E402
 
 DEFAULT_TEXT = REPO_ROOT.parent / "shared" / "data" / "war_and_peace.txt"
 RESULT = REPO_ROOT / "benchmarks" / "results" / "prepare_throughput.json"

@@ -61,7 +61,7 @@ def name_copy_probe(run_dir: Path, data_dir: Path, windows: int = 16) -> dict:
     from lumi_jax.data import sample_corpus
     from lumi_jax.data.loader import TokenDataset
     from lumi_jax.model import forward
-    from lumi_jax.run import load_run
+    from lumi_jax.runs import load_run
 
     run = load_run(run_dir)
     context = run.model_config.max_seq_len

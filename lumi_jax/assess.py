@@ -493,7 +493,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print_comparison(rows)
         return 0
-    from lumi_jax.run import latest_run
+    from lumi_jax.runs import latest_run
 
     report = assess_run(Path(args.run) if args.run else latest_run())
     if args.json:

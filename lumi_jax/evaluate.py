@@ -49,7 +49,7 @@ from lumi_jax.data import loader as data_loader
 from lumi_jax.errors import UserError
 from lumi_jax.generate import Sampling, generate_ids
 from lumi_jax.model import example_segments, forward
-from lumi_jax.tokenizer import BOS_ID, EOS_ID, UNK_ID
+from lumi_jax.data.tokenizer import BOS_ID, EOS_ID, UNK_ID
 
 PROMPTS_PATH = REPO_ROOT / "config" / "evaluation" / "prompts.json"
 EVAL_BATCH_SIZE = 8
@@ -270,7 +270,7 @@ def open_run_dataset(loaded, data_dir: str | Path | None):
 
 def evaluate_loaded(loaded, data_dir: str | Path | None = None, *, quick: bool = False,
                     samples: bool = True, prompts_path: Path = PROMPTS_PATH) -> dict[str, Any]:
-    """Evaluate an already loaded run (`lumi_jax.run.load_run`); returns the eval.json content."""
+    """Evaluate an already loaded run (`lumi_jax.runs.load_run`); returns the eval.json content."""
     started = time.perf_counter()
     data_dir, dataset = open_run_dataset(loaded, data_dir)
     # Scored in float32 whatever the training compute dtype: the reported number is the model's,
@@ -318,7 +318,7 @@ def evaluate_loaded(loaded, data_dir: str | Path | None = None, *, quick: bool =
 def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, quick: bool = False,
                  step: int | None = None, samples: bool = True, write: bool = True) -> dict[str, Any]:
     """Evaluate runs/NAME; with `write`, save runs/NAME/eval.json and eval.md. Returns the report."""
-    from lumi_jax.run import load_run
+    from lumi_jax.runs import load_run
 
     loaded = load_run(run_dir, step=step)
     report = evaluate_loaded(loaded, data_dir, quick=quick, samples=samples)
@@ -443,7 +443,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumi_jax.run import latest_run
+    from lumi_jax.runs import latest_run
 
     run_dir = Path(args.run) if args.run else latest_run()
     report = evaluate_run(run_dir, args.data, quick=args.quick, step=args.step, samples=not args.no_samples)

@@ -40,7 +40,7 @@ from jax.experimental import io_callback
 from lumi_jax.config import ModelConfig
 from lumi_jax.errors import UserError
 from lumi_jax.model import Transformer, init_cache
-from lumi_jax.tokenizer import BOS_ID, EOS_ID
+from lumi_jax.data.tokenizer import BOS_ID, EOS_ID
 
 MIN_PROMPT_BUCKET = 8
 MIN_NEW_TOKENS_BUCKET = 16
@@ -411,7 +411,7 @@ def _print_results(prompts: Sequence[str], completions: Sequence[str]) -> None:
 def _chat_loop(loaded, config: ModelConfig, sampling: Sampling, args) -> int:
     """Multi-turn chat in the fine-tuning template: each answer is asked with the whole history
     (its oldest tokens drop out first when it outgrows the context)."""
-    from lumi_jax import sft
+    from lumi_jax.data import template
 
     print("chat with the model; an empty line or Ctrl-D ends", file=sys.stderr)
     messages: list[dict[str, str]] = []
@@ -424,7 +424,7 @@ def _chat_loop(loaded, config: ModelConfig, sampling: Sampling, args) -> int:
         if not line.strip():
             return 0
         messages.append({"role": "user", "content": line})
-        prompt_ids = [loaded.tokenizer.encode(sft.format_chat_prompt(messages), bos=True)]
+        prompt_ids = [loaded.tokenizer.encode(template.format_chat_prompt(messages), bos=True)]
         streamer = TextStreamer(loaded.tokenizer, file=sys.stdout)
         (result,) = generate_ids(config, loaded.params, prompt_ids,
                                  max_new_tokens=args.max_new_tokens, sampling=sampling,
@@ -434,7 +434,7 @@ def _chat_loop(loaded, config: ModelConfig, sampling: Sampling, args) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumi_jax.run import latest_run, load_run
+    from lumi_jax.runs import latest_run, load_run
 
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy)
     sampling.validate()

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from lumi_jax.config import ModelConfig
-from lumi_jax.tokenizer import BOS_ID
+from lumi_jax.data.tokenizer import BOS_ID
 
 Cache = list[dict[str, jax.Array]]  # one {"k": k_BSNK, "v": v_BSNK} per layer
 

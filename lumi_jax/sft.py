@@ -38,80 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from lumi_jax.errors import UserError
-from lumi_jax.tokenizer import BOS_ID
-
-INSTRUCTION_HEADER = "Task:"
-INPUT_HEADER = "Input:"
-SYSTEM_HEADER = "System:"
-RESPONSE_MARKER = "Answer:"  # the prompt ends here; the target starts with a space
-LINE_BREAK = "\n"
-# Every tokenizer lumi trains holds these as single pieces (SentencePiece user-defined symbols),
-# as chat models reserve tokens for their templates: one token per header instead of 3 to 5 byte
-# and letter pieces when the pretraining text never had them (see lumi_jax/tokenizer.py).
-TEMPLATE_MARKERS = (INSTRUCTION_HEADER, INPUT_HEADER, RESPONSE_MARKER, SYSTEM_HEADER)
-CHAT_ROLES = ("system", "user", "assistant")
-
-
-def _line(header: str, content: str) -> str:
-    return f"{header} {content.strip()}"
-
-
-def format_prompt(instruction: str, input: str = "") -> str:  # noqa: A002 - the alpaca field name
-    """The prompt of one single-turn example, ending with the response marker."""
-    lines = [_line(INSTRUCTION_HEADER, instruction)]
-    if input.strip():
-        lines.append(_line(INPUT_HEADER, input))
-    lines.append(RESPONSE_MARKER)
-    return LINE_BREAK.join(lines)
-
-
-def format_response(response: str) -> str:
-    """The target text: the response after one space (see the module docstring)."""
-    return " " + response.strip()
-
-
-def format_example(instruction: str, input: str, response: str) -> tuple[str, str]:  # noqa: A002
-    """(prompt, target) of a training example; the packer adds BOS before and EOS after."""
-    return format_prompt(instruction, input), format_response(response)
-
-
-def format_chat_prompt(messages: Sequence[dict]) -> str:
-    """The prompt that asks for the next assistant turn after `messages`.
-
-    `messages` is a list of {"role": "system" | "user" | "assistant", "content": str}, ending with
-    a user turn. Earlier assistant turns appear as answered lines.
-    """
-    headers = {"system": SYSTEM_HEADER, "user": INSTRUCTION_HEADER, "assistant": RESPONSE_MARKER}
-    lines = []
-    for message in messages:
-        if message["role"] not in headers:
-            raise ValueError(f"unknown chat role {message['role']!r}; expected one of {CHAT_ROLES}")
-        lines.append(_line(headers[message["role"]], message["content"]))
-    lines.append(RESPONSE_MARKER)
-    return LINE_BREAK.join(lines)
-
-
-def chat_examples(messages: Sequence[dict]) -> list[tuple[str, str]]:
-    """(prompt, target) for every assistant turn, each prompt holding the whole history before it."""
-    examples = []
-    for index, message in enumerate(messages):
-        if message["role"] == "assistant":
-            examples.append((format_chat_prompt(messages[:index]), format_response(message["content"])))
-    return examples
-
-
-def parse_example(text: str) -> tuple[str, str, str]:
-    """(instruction, input, response) back from a rendered single-turn example (the inverse of
-    format_prompt + format_response), for reading packed data and for tests of the round trip."""
-    instruction_start = INSTRUCTION_HEADER + " "
-    marker = LINE_BREAK + RESPONSE_MARKER
-    if not text.startswith(instruction_start) or marker not in text:
-        raise ValueError("not an example in the instruction template")
-    prompt, response = text.rsplit(marker, 1)
-    body = prompt[len(instruction_start):]
-    instruction, _, input = body.partition(LINE_BREAK + INPUT_HEADER + " ")  # noqa: A001
-    return instruction, input, response.strip()
-
+from lumi_jax.data.tokenizer import BOS_ID
 
 # ---------------------------------------------------------------------------------------------
 # Examples longer than the context: truncated from the prompt side.
@@ -281,7 +208,7 @@ def fine_tune(from_run: str | Path, data_dir: str | Path, out_dir: str | Path, t
     """Fine-tune the pretrained run `from_run` on instruction data into `out_dir`; returns a report
     with the training summary and the held-out exact match before and after."""
     from lumi_jax.data.instructions import held_out_examples
-    from lumi_jax.run import load_run
+    from lumi_jax.runs import load_run
     from lumi_jax.train import train, write_json_atomic
 
     from_run, data_dir, out_dir = Path(from_run), Path(data_dir), Path(out_dir)

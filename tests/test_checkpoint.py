@@ -12,7 +12,7 @@ import pytest
 from lumi_jax.config import TrainConfig
 from lumi_jax.data.prepare import prepare_dataset
 from lumi_jax.errors import UserError
-from lumi_jax.run import latest_run, load_run
+from lumi_jax.runs import latest_run, load_run
 from lumi_jax.train import train
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")  # compiled steps shared through the cache

@@ -14,7 +14,7 @@ from lumi_jax.cli import main
 from lumi_jax.data.loader import TokenDataset
 from lumi_jax.data.prepare import prepare_dataset, token_dtype_for
 from lumi_jax.data.sample_corpus import generate_stories
-from lumi_jax.tokenizer import BOS_ID, EOS_ID, Tokenizer
+from lumi_jax.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
 
 SIZE_MB = 0.2
 REQUIRED_META = ("format_version", "kind", "source", "vocab_size", "tokenizer_sha256", "token_dtype", "seed",

@@ -14,7 +14,7 @@ from eval_runs import trained_runs
 from lumi_jax import cli, evaluate
 from lumi_jax.data.loader import TokenDataset
 from lumi_jax.errors import USER_ERROR_EXIT_STATUS
-from lumi_jax.run import load_run
+from lumi_jax.runs import load_run
 
 
 @pytest.fixture(scope="module")

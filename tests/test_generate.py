@@ -189,7 +189,7 @@ def test_lumi_generate_streams_the_greedy_continuation(tmp_path_factory, shared_
     from eval_runs import trained_runs
 
     from lumi_jax import cli
-    from lumi_jax.run import load_run
+    from lumi_jax.runs import load_run
 
     run = trained_runs(tmp_path_factory, shared_data_dir)["under_trained"]
     loaded = load_run(run)
@@ -217,7 +217,7 @@ def test_chat_asks_in_the_instruction_template_and_keeps_the_history(tmp_path_fa
     from eval_runs import trained_runs
 
     from lumi_jax import cli, sft
-    from lumi_jax.run import load_run
+    from lumi_jax.runs import load_run
 
     run = trained_runs(tmp_path_factory, shared_data_dir)["under_trained"]
     loaded = load_run(run)
@@ -234,7 +234,7 @@ def test_chat_asks_in_the_instruction_template_and_keeps_the_history(tmp_path_fa
     printed = capsys.readouterr().out.splitlines()
 
     def answer(messages):
-        prompt = loaded.tokenizer.encode(sft.format_chat_prompt(messages), bos=True)
+        prompt = loaded.tokenizer.encode(template.format_chat_prompt(messages), bos=True)
         (result,) = generate.generate_ids(loaded.model_config, loaded.params, [prompt], max_new_tokens=6,
                                           on_token=lambda *_: None)  # streaming, as the CLI: same compilation
         return loaded.tokenizer.decode(result.new_ids)

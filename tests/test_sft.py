@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 
 from lumi_jax import cli, sft
+from lumi_jax.data import template
 from lumi_jax.config import TrainConfig
 from lumi_jax.data import loader
 from lumi_jax.data.instructions import held_out_examples
 from lumi_jax.data.prepare import prepare_dataset
 from lumi_jax.lora import adapter_names
 from lumi_jax.model import example_segments, forward, init_params
-from lumi_jax.run import load_run
-from lumi_jax.tokenizer import BOS_ID, EOS_ID, Tokenizer
+from lumi_jax.runs import load_run
+from lumi_jax.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
 from lumi_jax.train import enable_compilation_cache, loss_sums, train
 
 CONTEXT = 64
@@ -61,19 +62,19 @@ def run_cli(argv, capsys):
 
 def test_template_round_trip():
     for instruction, input_text in (("Reverse the list.", "cat, dog"), ("What is 2 plus 3?", "")):
-        prompt, target = sft.format_example(instruction, input_text, "the answer")
-        assert prompt.endswith(sft.RESPONSE_MARKER) and target == " the answer"
-        assert (sft.INPUT_HEADER in prompt) == bool(input_text)
-        assert sft.parse_example(prompt + target) == (instruction, input_text, "the answer")
-    assert sft.format_prompt("Say hi.") == "Task: Say hi.\nAnswer:"
-    assert sft.format_prompt("Reverse.", "a, b") == "Task: Reverse.\nInput: a, b\nAnswer:"
+        prompt, target = template.format_example(instruction, input_text, "the answer")
+        assert prompt.endswith(template.RESPONSE_MARKER) and target == " the answer"
+        assert (template.INPUT_HEADER in prompt) == bool(input_text)
+        assert template.parse_example(prompt + target) == (instruction, input_text, "the answer")
+    assert template.format_prompt("Say hi.") == "Task: Say hi.\nAnswer:"
+    assert template.format_prompt("Reverse.", "a, b") == "Task: Reverse.\nInput: a, b\nAnswer:"
 
 
 def test_chat_prompt_uses_the_same_sections():
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
                 {"role": "user", "content": "Bye"}]
-    assert sft.format_chat_prompt(messages[:1]) == sft.format_prompt("Hi")
-    assert sft.format_chat_prompt(messages) == "Task: Hi\nAnswer: Hello.\nTask: Bye\nAnswer:"
+    assert template.format_chat_prompt(messages[:1]) == template.format_prompt("Hi")
+    assert template.format_chat_prompt(messages) == "Task: Hi\nAnswer: Hello.\nTask: Bye\nAnswer:"
 
 
 # ---------------------------------------------------------------------------------------------

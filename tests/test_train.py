@@ -17,7 +17,7 @@ from lumi_jax.config import TrainConfig
 from lumi_jax.data import loader
 from lumi_jax.model import forward
 from lumi_jax.optim import learning_rate_schedule, make_optimizer
-from lumi_jax.run import load_run
+from lumi_jax.runs import load_run
 from lumi_jax.train import (
     initial_state,
     jit_train_step,

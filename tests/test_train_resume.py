@@ -20,7 +20,7 @@ import pytest
 
 from lumi_jax.config import TrainConfig
 from lumi_jax.metrics import read_metrics
-from lumi_jax.run import load_run
+from lumi_jax.runs import load_run
 from lumi_jax.train import train
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")  # compiled steps shared through the cache

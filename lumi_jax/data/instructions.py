@@ -47,7 +47,7 @@ from lumi_jax.data.sources import (
     register_source,
 )
 from lumi_jax.errors import UserError
-from lumi_jax.sft import CHAT_ROLES, chat_examples, format_example, format_prompt
+from lumi_jax.data.template import CHAT_ROLES, chat_examples, format_example, format_prompt
 
 DEFAULT_TRAIN_EXAMPLES = 30_000
 DEFAULT_VAL_EXAMPLES = 400
@@ -352,7 +352,7 @@ def held_out_examples(dataset_dir: str | Path) -> list[dict]:
 
 def decode_examples(dataset, split_name: str) -> list[dict]:
     """Split a packed instruction split back into examples: BOS, prompt (mask 0), response (mask 1), EOS."""
-    from lumi_jax.tokenizer import BOS_ID, Tokenizer
+    from lumi_jax.data.tokenizer import BOS_ID, Tokenizer
 
     split = dataset.split(split_name)
     if split.mask is None:

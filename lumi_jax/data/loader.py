@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lumi_jax.errors import UserError
-from lumi_jax.tokenizer import BOS_ID
+from lumi_jax.data.tokenizer import BOS_ID
 
 SUPPORTED_FORMAT_VERSIONS = (1,)
 SPLITS = ("train", "val")

@@ -47,7 +47,7 @@ def run_smoke_test(console: Console, steps: int = SMOKE_STEPS) -> dict[str, Any]
 
             stage, started = "generate", time.perf_counter()
             from lumi_jax.generate import generate_text
-            from lumi_jax.run import load_run
+            from lumi_jax.runs import load_run
 
             loaded = load_run(root / "run")
             (text,) = generate_text(loaded.model_config, loaded.params, loaded.tokenizer, ["Once upon a time"],

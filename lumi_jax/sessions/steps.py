@@ -307,7 +307,7 @@ def fine_tune_run(ctx: StepContext, train_config: TrainConfig, *, from_key: str 
 
 def find_run(ctx: StepContext, model_path: Path | None) -> None:
     """MODEL_PATH, or the most recently changed run under runs/."""
-    from lumi_jax.run import is_run, latest_run
+    from lumi_jax.runs import is_run, latest_run
 
     run_dir = Path(model_path) if model_path is not None else latest_run(RUNS_DIR)
     if not is_run(run_dir):

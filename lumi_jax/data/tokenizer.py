@@ -132,7 +132,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: str | Path,
 def _train_bytes(lines: list[str], vocab_size: int) -> bytes:
     import io
 
-    from lumi_jax.sft import TEMPLATE_MARKERS  # here: sft imports this module
+    from lumi_jax.data.template import TEMPLATE_MARKERS
 
     model = io.BytesIO()
     try:

@@ -32,7 +32,7 @@ class LoadedRun:
     train_config: TrainConfig
     config: dict[str, Any]  # the whole config.json
     params: Any  # float32 parameter pytree
-    tokenizer: Any  # lumi_jax.tokenizer.Tokenizer
+    tokenizer: Any  # lumi_jax.data.tokenizer.Tokenizer
     step: int
 
 
@@ -42,7 +42,7 @@ def is_run(path: Path) -> bool:
 
 def load_run(run_dir: str | Path, step: int | None = None) -> LoadedRun:
     """The run's latest good checkpoint (or exactly `step`), with its configs and tokenizer."""
-    from lumi_jax.tokenizer import Tokenizer
+    from lumi_jax.data.tokenizer import Tokenizer
 
     path = Path(run_dir)
     if not path.is_dir():
