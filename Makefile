@@ -90,7 +90,7 @@ SESSION := $(PY) -m lumi_jax.session
 SESSION_TIME_ARG = $(if $(SESSION_TIME),--time '$(SESSION_TIME)')
 SESSION_CONFIG_ARG = $(if $(filter-out file default,$(origin CONFIG)),--config '$(CONFIG)')
 SESSION_DATA_ARG = $(if $(DATA),--data '$(DATA)')
-SESSION_MODEL_ARG = $(if $(MODEL_PATH),--model '$(MODEL_PATH)')
+SESSION_RUN_ARG = $(if $(MODEL_PATH),--run '$(MODEL_PATH)')
 
 .PHONY: session-quick session-prototype session-experiment session-evaluation session-architecture session-status session-debug monitor check-env session-cleanup backup
 
@@ -104,7 +104,7 @@ session-experiment: $(STAMP) ## the ~42M small model: pretraining, instruction f
 	$(SESSION) experiment $(SESSION_TIME_ARG) $(SESSION_CONFIG_ARG) $(SESSION_DATA_ARG)
 
 session-evaluation: $(STAMP) ## the latest run (or MODEL_PATH): full evaluation, assessment, comparison (1 h budget)
-	$(SESSION) evaluation $(SESSION_TIME_ARG) $(SESSION_MODEL_ARG)
+	$(SESSION) evaluation $(SESSION_TIME_ARG) $(SESSION_RUN_ARG)
 
 session-architecture: $(STAMP) ## validate every config, memory vs this device, references (30 min budget)
 	$(SESSION) architecture $(SESSION_TIME_ARG) $(SESSION_CONFIG_ARG)

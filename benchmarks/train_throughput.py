@@ -39,7 +39,7 @@ from lumi_jax.architecture import count_params  # noqa: E402
 from lumi_jax.config import TrainConfig, load_model_config  # noqa: E402
 from lumi_jax.metrics import flops_per_token, matmul_params, peak_flops  # noqa: E402
 from lumi_jax.optim import make_optimizer  # noqa: E402
-from lumi_jax.train import initial_state, jit_train_step  # noqa: E402
+from lumi_jax.step import initial_state, jit_train_step  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 

@@ -20,6 +20,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jax
+
+from lumi_jax import model
 from lumi_jax.config import (
     ARCHITECTURES_DIR,
     ModelConfig,
@@ -52,13 +55,10 @@ class ParamCount:
 
 
 def count_params(config: ModelConfig) -> ParamCount:
-    """Count from the real initialised shapes, grouped by where each tensor sits."""
-    import jax
-
-    from lumi_jax.model import param_shapes
-
+    """Count from the real initialised shapes, grouped by where each tensor sits
+    (model.count_params is the same count, ungrouped)."""
     groups = {"embeddings": 0, "attention": 0, "mlp": 0, "norms": 0, "head": 0}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(param_shapes(config)):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(model.param_shapes(config)):
         names = [str(getattr(key, "key", key)) for key in path]
         if names[0] == "embed":
             group = "embeddings"
@@ -70,7 +70,7 @@ def count_params(config: ModelConfig) -> ParamCount:
             group = "mlp"
         else:
             group = "norms"  # attention_norm, mlp_norm, final_norm
-        groups[group] += int(leaf.size)
+        groups[group] += model.count_params(leaf)
     return ParamCount(**groups)
 
 

@@ -41,8 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from lumi_jax.config import read_json
+from lumi_jax.config import model_config_from_dict, read_json
 from lumi_jax.errors import UserError
+from lumi_jax.evaluate import evaluate_run
+from lumi_jax.files import write_json_atomic
+from lumi_jax.metrics import read_metrics
+from lumi_jax.model import count_params, param_shapes
+from lumi_jax.runs import latest_run
 
 # ---- Thresholds. Measurements: benchmarks/results/assess_evidence.json (micro models on War
 # and Peace, trained by benchmarks/assess_evidence.py); the tests' runs (tests/eval_runs.py).
@@ -293,8 +298,6 @@ def repetition(evaluation: dict) -> dict[str, Any]:
 def load_evidence(run_dir: Path, evaluate_if_missing: bool = True) -> dict[str, Any]:
     """Everything assess reads from a run directory; runs a quick evaluation when eval.json is
     missing or belongs to an older checkpoint."""
-    from lumi_jax.metrics import read_metrics
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory; give a run made by lumi train (e.g. runs/NAME)")
@@ -309,8 +312,6 @@ def load_evidence(run_dir: Path, evaluate_if_missing: bool = True) -> dict[str, 
     last_step = summary.get("steps") or max(r.get("step", 0) for r in records)
     evaluated_now = False
     if evaluate_if_missing and (evaluation is None or evaluation.get("step") != last_step):
-        from lumi_jax.evaluate import evaluate_run
-
         evaluation = evaluate_run(run_dir, quick=True)
         evaluated_now = True
     return {"config": config, "summary": summary, "records": records, "evaluation": evaluation,
@@ -379,21 +380,13 @@ def assess_run(run_dir: str | Path, *, write: bool = True, evaluate_if_missing: 
             "quick": evaluation["quick"]},
     }
     if write:
-        from lumi_jax.train import write_json_atomic
-
         write_json_atomic(run_dir / "assess.json", report)
         (run_dir / "assess.md").write_text(render_markdown(report), encoding="utf-8")
     return report
 
 
 def _param_count(model: dict) -> int:
-    import jax
-
-    from lumi_jax.config import model_config_from_dict
-    from lumi_jax.model import param_shapes
-
-    shapes = param_shapes(model_config_from_dict(model, "config.json (model)"))
-    return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(shapes)))
+    return count_params(param_shapes(model_config_from_dict(model, "config.json (model)")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,7 +486,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             print_comparison(rows)
         return 0
-    from lumi_jax.runs import latest_run
 
     report = assess_run(Path(args.run) if args.run else latest_run())
     if args.json:

@@ -1,9 +1,11 @@
 """The `lumi` command: one subcommand per stage of the pipeline.
 
 Each subcommand lives in the module that does its job; that module exposes
-`add_arguments(parser)` and `run(args) -> int`. The table below is the whole list, so
-`lumi --help` shows every stage, and a module is imported only when its command runs
-(JAX start-up is slow, and `lumi --help` should not pay for it).
+`add_arguments(parser)` and `run(args) -> int`, or, for a command with commands of its own
+(`lumi session NAME`), `dispatch(argv, prog) -> int`, so `lumi session quick` and
+`python -m lumi_jax.session quick` are parsed by the same code. The table below is the whole list,
+so `lumi --help` shows every stage, and a module is imported only when its command runs (JAX
+start-up is slow, and `lumi --help` should not pay for it). A bad argument is one line, exit 2.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import importlib
 import sys
 
 from lumi_jax.errors import exit_on_user_error
+from lumi_jax.flags import ArgumentParser
 
 # name -> (module, one-line help). Order is the order of the pipeline.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -24,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("lumi_jax.generate", "continue prompts with a trained run (KV cache, sampling, streaming, --chat)"),
     "evaluate": ("lumi_jax.evaluate", "validation loss, perplexity, bits per byte, baselines and samples into eval.json/eval.md"),
     "assess": ("lumi_jax.assess", "findings, recommendations and a grade for a run; --compare puts runs side by side"),
+    "session": ("lumi_jax.session", "run a time-boxed session (quick, prototype, experiment, evaluation, "
+                "architecture) or a tool; `lumi session --help` lists them"),
     "status": ("lumi_jax.sessions.status", "datasets, runs, the latest session, disk, device, and what to run next"),
     "monitor": ("lumi_jax.sessions.monitor", "live CPU, memory, disk, accelerator memory and lumi processes (--once)"),
     "check-env": ("lumi_jax.sessions.env_check", "Python, packages, devices, memory, disk and permissions (exit 1 if missing)"),
@@ -33,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="lumi",
         description="lumi_jax: train tiny LLaMA-style language models from scratch.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -46,16 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    if not argv or argv[0] not in COMMANDS:
-        parser.parse_args(argv)  # prints help, or a clear "invalid choice" with exit status 2
-        parser.print_help()
-        return 0
-    name, rest = argv[0], argv[1:]
-    module_name, help_text = COMMANDS[name]
     with exit_on_user_error():
+        if not argv or argv[0] not in COMMANDS:
+            parser = build_parser()
+            parser.parse_args(argv)  # prints help, or a one-line "invalid choice" with exit status 2
+            parser.print_help()
+            return 0
+        name, rest = argv[0], argv[1:]
+        module_name, help_text = COMMANDS[name]
         module = importlib.import_module(module_name)
-        command_parser = argparse.ArgumentParser(prog=f"lumi {name}", description=help_text)
+        if hasattr(module, "dispatch"):  # `lumi session NAME ...`: the module parses NAME and its options
+            return int(module.dispatch(rest, prog=f"lumi {name}") or 0)
+        command_parser = ArgumentParser(prog=f"lumi {name}", description=help_text)
         module.add_arguments(command_parser)
         args = command_parser.parse_args(rest)
         return int(module.run(args) or 0)

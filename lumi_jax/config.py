@@ -228,35 +228,55 @@ def config_hash(data: Any) -> str:
 RECIPES_DIR = CONFIG_DIR / "recipes"
 
 
+def setting(default: Any, help: str) -> Any:
+    """A TrainConfig field with its help text; `lumi train --help` shows the text (flags.py)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """How to train: the optimiser, the schedule, the batch, and when to save, evaluate and stop."""
+    """How to train: the schedule, the batch, the optimiser, and when to save, evaluate and stop.
 
-    steps: int = 1000  # optimizer updates (each sees batch_size sequences)
-    batch_size: int = 8  # global: sequences per update, over all devices and hosts
-    grad_accum: int = 1  # the batch is split into this many micro-batches, gradients summed
-    context: int | None = None  # tokens per sequence; None means the model's max_seq_len
-    lr: float = 1e-3  # peak learning rate, reached at the end of warmup
-    warmup: int = 100  # linear warmup steps from 0 to lr
-    copy_warmup_steps: int = 0  # steps on synthetic copying before the data, for a fresh run (copy_warmup.py)
-    min_lr: float = 1e-4  # cosine decay floor, reached at the last step
-    weight_decay: float = 0.1  # AdamW decoupled decay, on matrices only (not norms)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # global-norm clipping threshold; 0 disables it
-    seed: int = 0  # parameter init and data order
-    dtype: str = "float32"  # compute dtype (float32 or bfloat16); parameters stay float32
-    remat: bool = False  # recompute block activations in the backward pass (saves memory)
-    time_budget_minutes: float | None = None  # stop cleanly and save after this much wall time
-    save_every: int = 200  # checkpoint interval in steps (also saved at the end and on signals)
-    keep_checkpoints: int = 3  # the last N checkpoints are kept
-    eval_every: int = 200  # validation interval in steps (also at the end); 0 disables it
-    eval_batches: int = 8  # validation batches per evaluation
-    log_every: int = 10  # metrics.jsonl / progress interval in steps
-    mesh_data: int = 0  # devices on the data axis; 0 means all devices not used by fsdp
-    mesh_fsdp: int = 1  # devices that shard parameters and optimizer state (FSDP)
-    tensorboard: bool = False  # also write TensorBoard event files (needs tensorboardX)
-    description: str = ""
+    Every field is a flag of `lumi train` and `lumi sft` (`batch_size` is `--batch-size`), with
+    its help text here; a recipe in config/recipes/*.json sets any of them, and flags override it.
+    """
+
+    # --- schedule ---
+    steps: int = setting(1000, "optimizer updates (each sees batch_size sequences)")
+    lr: float = setting(1e-3, "peak learning rate, reached at the end of warmup")
+    warmup: int = setting(100, "linear warmup steps from 0 to lr")
+    min_lr: float = setting(1e-4, "learning-rate floor of the cosine decay, reached at the last step")
+    copy_warmup_steps: int = setting(0, "a fresh run first trains this many steps on synthetic copying, so "
+                                        "attention learns to read back (copy_warmup.py); 0 skips it")
+
+    # --- batch ---
+    batch_size: int = setting(8, "global batch: sequences per update, over all devices and hosts")
+    grad_accum: int = setting(1, "split each batch into this many micro-batches and sum their gradients "
+                                 "(same result, less memory)")
+    context: int | None = setting(None, "tokens per sequence (default: the model's max_seq_len)")
+
+    # --- optimizer ---
+    weight_decay: float = setting(0.1, "AdamW decoupled weight decay, on matrices only (not norms)")
+    beta1: float = setting(0.9, "AdamW first-moment decay")
+    beta2: float = setting(0.95, "AdamW second-moment decay")
+    grad_clip: float = setting(1.0, "global-norm gradient clipping threshold; 0 disables it")
+
+    # --- run control ---
+    seed: int = setting(0, "seed for parameter initialisation and data order")
+    time_budget_minutes: float | None = setting(None, "stop cleanly and save after this much wall time")
+    save_every: int = setting(200, "checkpoint interval in steps (also saved at the end and on signals)")
+    keep_checkpoints: int = setting(3, "the last N checkpoints are kept")
+    eval_every: int = setting(200, "validation interval in steps (also at the end); 0 disables validation")
+    eval_batches: int = setting(8, "validation batches per evaluation")
+    log_every: int = setting(10, "metrics.jsonl and progress interval in steps")
+    description: str = setting("", "a note on what these settings are for (recipes say what they do)")
+
+    # --- system ---
+    dtype: str = setting("float32", "compute dtype, float32 or bfloat16 (bf16, fp32); parameters stay float32")
+    remat: bool = setting(False, "recompute block activations in the backward pass (less memory, more time)")
+    mesh_data: int = setting(0, "devices on the data axis; 0 means all devices not used by fsdp")
+    mesh_fsdp: int = setting(1, "devices that shard parameters and optimizer state (FSDP)")
+    tensorboard: bool = setting(False, "also write TensorBoard event files (needs tensorboardX)")
 
     def validate(self, source: str) -> None:
         def fail(field: str, problem: str, fix: str) -> None:

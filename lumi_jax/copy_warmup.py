@@ -8,27 +8,25 @@ pays as much for a name it has already read as for a new one. On rows made for n
 random span of tokens, then the same span again, the loss on the repeat only) it does, in a
 few hundred steps: tiny's copy loss falls from 8.3 to 0.2 nats in 300 steps of 16 x 128.
 
-`train` runs these steps first when `copy_warmup_steps` > 0 and a run starts from fresh
-parameters (not when it resumes or fine-tunes); the warmed parameters then start the text
-training with a fresh optimizer. The same train step runs both (train.jit_train_step), so the
-warm-up shards and compiles like training. Ids 0-2 (unk, bos, eos) never appear in the rows.
+This module is a data source. `train` runs its batches first, through the same loop and the
+same step as the text, when `copy_warmup_steps` > 0 and a run starts from fresh parameters (not
+when it resumes or fine-tunes); the warmed parameters then start the text training with a fresh
+optimizer. Ids 0-2 (unk, bos, eos) never appear in the rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 
-import jax
 import numpy as np
 
-from lumi_jax.config import ModelConfig, TrainConfig
-from lumi_jax.optim import make_optimizer
+from lumi_jax.config import TrainConfig
 
 COPY_WARMUP_FILE = "copy_warmup.json"  # in the run directory: steps, final copy loss, seconds
 SPAN = 64  # tokens in the random span; a row is the span twice
 FIRST_ORDINARY_ID = 3  # after unk, bos and eos
 LR_WARMUP_STEPS = 20
+PROGRESS_EVERY = 50  # steps between the warm-up's progress lines
 
 
 def copy_rows(rng: np.random.Generator, rows: int, span: int, vocab_size: int) -> dict[str, np.ndarray]:
@@ -56,26 +54,20 @@ def warmup_config(train_config: TrainConfig, context: int) -> tuple[TrainConfig,
     return config, span
 
 
-def warm_up(params, model_config: ModelConfig, train_config: TrainConfig, context: int, mesh, log) -> tuple:
-    """(params after `copy_warmup_steps` steps of copying, {"steps", "final_copy_nats", "seconds"})."""
-    from lumi_jax import sharding as shard
-    from lumi_jax.train import jit_train_step, new_state
-
+def copy_batch_source(train_config: TrainConfig, context: int, vocab_size: int, process_index: int,
+                      process_count: int):
+    """(the warm-up's settings, batch_at(step) -> this process's rows at `step`): a pure function
+    of (seed, process, step), like the text loader, so the loop treats it as any other data."""
     config, span = warmup_config(train_config, context)
-    optimizer = make_optimizer(config)
-    state_shardings = shard.state_shardings(jax.eval_shape(lambda p: new_state(p, optimizer), params), mesh)
-    state = jax.jit(lambda p: new_state(p, optimizer), out_shardings=state_shardings)(params)
-    step_fn = jit_train_step(model_config, config, optimizer, mesh, state_shardings)
-    rng = np.random.default_rng([train_config.seed, jax.process_index()])
-    host_rows = config.batch_size // jax.process_count()
-    started = time.perf_counter()
-    copy_nats = float("nan")
-    for step in range(1, config.steps + 1):
-        batch = shard.put_batch(copy_rows(rng, host_rows, span, model_config.vocab_size), mesh)
-        state, metrics = step_fn(state, batch)
-        if step % 50 == 0 or step == config.steps:
-            copy_nats = float(metrics["loss"])
-            log(f"copy warm-up {step}/{config.steps}: {copy_nats:.3f} nats on the repeats "
-                f"(guessing: {np.log(model_config.vocab_size - FIRST_ORDINARY_ID):.1f})")
-    return state.params, {"steps": config.steps, "final_copy_nats": round(copy_nats, 4),
-                          "seconds": round(time.perf_counter() - started, 1)}
+    host_rows = config.batch_size // process_count
+
+    def batch_at(step: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([train_config.seed, process_index, step])
+        return copy_rows(rng, host_rows, span, vocab_size)
+
+    return config, batch_at
+
+
+def progress_line(step: int, steps: int, copy_nats: float, vocab_size: int) -> str:
+    return (f"copy warm-up {step}/{steps}: {copy_nats:.3f} nats on the repeats "
+            f"(guessing: {np.log(vocab_size - FIRST_ORDINARY_ID):.1f})")

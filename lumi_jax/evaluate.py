@@ -41,15 +41,18 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from lumi_jax.config import REPO_ROOT, ModelConfig
+from lumi_jax.config import REPO_ROOT, ModelConfig, read_json
 from lumi_jax.data import loader as data_loader
-from lumi_jax.errors import UserError
-from lumi_jax.generate import Sampling, generate_ids
-from lumi_jax.model import example_segments, forward
+from lumi_jax.data.instructions import held_out_examples
 from lumi_jax.data.tokenizer import BOS_ID, EOS_ID, UNK_ID
+from lumi_jax.errors import UserError
+from lumi_jax.files import write_json_atomic, write_text_atomic
+from lumi_jax.generate import Sampling, generate_ids
+from lumi_jax.model import count_params
+from lumi_jax.runs import latest_run, load_run
+from lumi_jax.step import loss_sums
 
 PROMPTS_PATH = REPO_ROOT / "config" / "evaluation" / "prompts.json"
 EVAL_BATCH_SIZE = 8
@@ -123,14 +126,11 @@ def mean_or_none(values: Sequence[float | None]) -> float | None:
 # Validation loss and baselines.
 
 
-@functools.partial(jax.jit, static_argnames=("config", "separate_examples"))
-def _window_sums(params, inputs_BT, targets_BT, weights_BT, *, config: ModelConfig, separate_examples: bool = False):
-    """Per window: (Σ weight·nats, Σ weight). Per-window sums give the loss and its spread.
-    `separate_examples`: instruction examples attend only to themselves, as in fine-tuning."""
-    segments_BT = example_segments(inputs_BT) if separate_examples else None
-    logits_BTV = forward(config, params, inputs_BT, segments_BT=segments_BT)
-    nats_BT = jax.nn.logsumexp(logits_BTV, axis=-1) - jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-    return jnp.sum(nats_BT * weights_BT, axis=-1), jnp.sum(weights_BT, axis=-1)
+@functools.partial(jax.jit, static_argnames=("config",))
+def _window_sums(params, batch, *, config: ModelConfig):
+    """Per window: (Σ weight·nats, Σ weight), by training's own loss (step.loss_sums). Per-window
+    sums give the loss and its spread; packed instruction examples carry their segments."""
+    return loss_sums(params, config, batch, per_row=True)
 
 
 def score_split(config: ModelConfig, params, split, tokenizer, *, context: int, max_windows: int | None,
@@ -144,8 +144,7 @@ def score_split(config: ModelConfig, params, split, tokenizer, *, context: int, 
     window_tokens: list[np.ndarray] = []
     for batch in data_loader.validation_batches(split, batch_size=batch_size, context=context,
                                                 max_batches=max_batches):
-        nats_B, count_B = _window_sums(params, batch.inputs, batch.targets, batch.weights, config=config,
-                                       separate_examples=split.example_starts is not None)
+        nats_B, count_B = _window_sums(params, batch.arrays(), config=config)
         nats_B, count_B = np.asarray(nats_B, np.float64), np.asarray(count_B, np.float64)
         keep_B = count_B > 0  # rows of padding in the last batch
         window_nats.append(nats_B[keep_B])
@@ -189,8 +188,6 @@ def score_split(config: ModelConfig, params, split, tokenizer, *, context: int, 
 
 
 def load_prompts(path: Path = PROMPTS_PATH) -> dict[str, list[str]]:
-    from lumi_jax.config import read_json
-
     data = read_json(path)
     prompts = {category: values for category, values in data.items() if not category.startswith("_")}
     if not prompts or not all(isinstance(v, list) and all(isinstance(p, str) for p in v) for v in prompts.values()):
@@ -238,11 +235,41 @@ def sample_prompts(config: ModelConfig, params, tokenizer, prompts: dict[str, li
 
 
 # ---------------------------------------------------------------------------------------------
+# Held-out exact match: greedy answers to the held-out prompts, compared after stripping.
+
+
+def exact_match(model_config, params, tokenizer, examples: Sequence[dict], *, batch_size: int = 64) -> dict:
+    """Greedy-decode each example's prompt (BOS + prompt, stop at EOS) and compare the stripped
+    answer with the stripped expected response. Returns accuracy, counts, per-family accuracy and
+    a few wrong answers to look at."""
+    if not examples:
+        raise UserError("no held-out examples to evaluate; the dataset's validation split is empty")
+    expected = [e["response"].strip() for e in examples]
+    longest = max(len(tokenizer.encode(text)) for text in expected)
+    max_new_tokens = min(longest + 8, model_config.max_seq_len - 1)
+    answers: list[str] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        prompts = [tokenizer.encode(e["prompt"], bos=True) for e in chunk]
+        results = generate_ids(model_config, params, prompts, max_new_tokens=max_new_tokens)
+        answers.extend(tokenizer.decode(r.new_ids).strip() for r in results)
+    correct = [a == b for a, b in zip(answers, expected, strict=True)]
+    by_family: dict[str, list[bool]] = {}
+    for example, ok in zip(examples, correct, strict=True):
+        by_family.setdefault(example.get("family", "all"), []).append(ok)
+    wrong = [{"prompt": e["prompt"], "expected": x, "answer": a}
+             for e, x, a, ok in zip(examples, expected, answers, correct, strict=True) if not ok]
+    return {
+        "accuracy": sum(correct) / len(correct),
+        "correct": sum(correct),
+        "total": len(correct),
+        "by_family": {family: sum(oks) / len(oks) for family, oks in sorted(by_family.items())},
+        "wrong_samples": wrong[:5],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # A whole run.
-
-
-def param_count(params) -> int:
-    return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
 
 
 def open_run_dataset(loaded, data_dir: str | Path | None):
@@ -292,7 +319,7 @@ def evaluate_loaded(loaded, data_dir: str | Path | None = None, *, quick: bool =
         "data": str(data_dir),
         "quick": quick,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "model": {"name": config.name, "params": param_count(loaded.params), "vocab_size": config.vocab_size,
+        "model": {"name": config.name, "params": count_params(loaded.params), "vocab_size": config.vocab_size,
                   "compute_dtype": config.dtype},
         "validation": validation,
         "baselines": baselines,
@@ -305,9 +332,6 @@ def evaluate_loaded(loaded, data_dir: str | Path | None = None, *, quick: bool =
                                            max_new_tokens=QUICK_SAMPLE_TOKENS if quick else SAMPLE_TOKENS,
                                            reference_split=val_split)
     if dataset.meta.get("kind") == "instructions":
-        from lumi_jax.data.instructions import held_out_examples
-        from lumi_jax.sft import exact_match
-
         examples = held_out_examples(data_dir)[:QUICK_EXACT_MATCH_EXAMPLES if quick else EXACT_MATCH_EXAMPLES]
         if examples:
             report["exact_match"] = exact_match(config, loaded.params, loaded.tokenizer, examples)
@@ -318,18 +342,11 @@ def evaluate_loaded(loaded, data_dir: str | Path | None = None, *, quick: bool =
 def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, quick: bool = False,
                  step: int | None = None, samples: bool = True, write: bool = True) -> dict[str, Any]:
     """Evaluate runs/NAME; with `write`, save runs/NAME/eval.json and eval.md. Returns the report."""
-    from lumi_jax.runs import load_run
-
     loaded = load_run(run_dir, step=step)
     report = evaluate_loaded(loaded, data_dir, quick=quick, samples=samples)
     if write:
-        from lumi_jax.train import write_json_atomic
-
         write_json_atomic(Path(run_dir) / "eval.json", report)
-        markdown = Path(run_dir) / "eval.md"
-        temporary = markdown.with_suffix(".md.tmp")
-        temporary.write_text(render_markdown(report), encoding="utf-8")
-        temporary.replace(markdown)
+        write_text_atomic(Path(run_dir) / "eval.md", render_markdown(report))
     return report
 
 
@@ -443,7 +460,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumi_jax.runs import latest_run
 
     run_dir = Path(args.run) if args.run else latest_run()
     report = evaluate_run(run_dir, args.data, quick=args.quick, step=args.step, samples=not args.no_samples)

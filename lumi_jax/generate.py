@@ -38,9 +38,11 @@ import numpy as np
 from jax.experimental import io_callback
 
 from lumi_jax.config import ModelConfig
+from lumi_jax.data import template
+from lumi_jax.data.tokenizer import BOS_ID, EOS_ID
 from lumi_jax.errors import UserError
 from lumi_jax.model import Transformer, init_cache
-from lumi_jax.data.tokenizer import BOS_ID, EOS_ID
+from lumi_jax.runs import latest_run, load_run
 
 MIN_PROMPT_BUCKET = 8
 MIN_NEW_TOKENS_BUCKET = 16
@@ -411,8 +413,6 @@ def _print_results(prompts: Sequence[str], completions: Sequence[str]) -> None:
 def _chat_loop(loaded, config: ModelConfig, sampling: Sampling, args) -> int:
     """Multi-turn chat in the fine-tuning template: each answer is asked with the whole history
     (its oldest tokens drop out first when it outgrows the context)."""
-    from lumi_jax.data import template
-
     print("chat with the model; an empty line or Ctrl-D ends", file=sys.stderr)
     messages: list[dict[str, str]] = []
     while True:
@@ -434,7 +434,6 @@ def _chat_loop(loaded, config: ModelConfig, sampling: Sampling, args) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumi_jax.runs import latest_run, load_run
 
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy)
     sampling.validate()

@@ -12,27 +12,27 @@ like any other. Targets: wq, wk, wv, wo (attention) and w1, w2, w3 (SwiGLU); emb
 scales stay as they are.
 
 The unmerged forward pass (`lora_forward`) wraps every target `nn.Dense` call with Flax's method
-interceptor, so the model code knows nothing of LoRA.
+interceptor, so the model code knows nothing of LoRA. `LoraTraining` is LoRA as a kind of "what
+is trained" (step.py): the one training loop trains adapters as it trains whole models, with
+accumulation, sharding, periodic evaluation and saves, the divergence guard and exact resume.
+A LoRA checkpoint holds the merged parameters as `params` (what every reader loads) and the
+adapters with their optimizer state as its resume item; the frozen base comes again from the
+pretrained run (`init_from`) when a LoRA run resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
-import time
-from pathlib import Path
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import traverse_util
 
-from lumi_jax.config import ModelConfig, TrainConfig, config_hash
+from lumi_jax.config import ModelConfig
 from lumi_jax.errors import UserError
-from lumi_jax.model import Transformer, example_segments
+from lumi_jax.model import Transformer, count_params
 
 TARGET_MATRICES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 SEPARATOR = "/"
@@ -63,6 +63,19 @@ def init_lora(params: dict, rank: int, rng: jax.Array) -> dict[str, dict[str, ja
     return adapters
 
 
+def nest(adapters: dict) -> dict:
+    """{"layers_0/attention/wq": {"a", "b"}} -> {"layers_0": {"attention": {"wq": {"a", "b"}}}}."""
+    return traverse_util.unflatten_dict({tuple(name.split(SEPARATOR)): value for name, value in adapters.items()})
+
+
+def flatten(nested: dict) -> dict:
+    """The inverse of `nest`."""
+    adapters: dict[str, dict] = {}
+    for path, value in traverse_util.flatten_dict(nested).items():
+        adapters.setdefault(SEPARATOR.join(path[:-1]), {})[path[-1]] = value
+    return adapters
+
+
 def lora_scale(rank: int, alpha: float | None) -> float:
     return (alpha if alpha is not None else rank) / rank
 
@@ -77,9 +90,10 @@ def merge(params: dict, adapters: dict, scale: float) -> dict:
 
 
 def lora_forward(config: ModelConfig, params: dict, adapters: dict, scale: float, tokens_BT: jax.Array,
-                 segments_BT: jax.Array | None = None) -> jax.Array:
+                 segments_BT: jax.Array | None = None, scored_N: jax.Array | None = None,
+                 remat: bool = False) -> jax.Array:
     """Logits of the model with unmerged adapters: every target Dense adds scale · (x A) B.
-    `segments_BT`: packed examples attend only to themselves (see Transformer)."""
+    `segments_BT`, `scored_N`, `remat`: as for the plain model (model.Transformer)."""
 
     def add_adapter(next_fun, args, kwargs, context):
         module = context.module
@@ -94,134 +108,49 @@ def lora_forward(config: ModelConfig, params: dict, adapters: dict, scale: float
         return y + (scale * delta).astype(y.dtype)
 
     with nn.intercept_methods(add_adapter):
-        logits_BTV, _ = Transformer(config).apply({"params": params}, tokens_BT, segments_BT=segments_BT)
+        logits_BTV, _ = Transformer(config, remat=remat).apply({"params": params}, tokens_BT, scored_N=scored_N,
+                                                               segments_BT=segments_BT)
     return logits_BTV
 
 
-def count_adapter_params(adapters: dict) -> int:
-    return int(sum(leaf.size for leaf in jax.tree.leaves(adapters)))
+@dataclasses.dataclass(frozen=True)
+class LoraTraining:
+    """Rank-r adapters are trained; the base parameters stay frozen (step.Trained)."""
+
+    rank: int
+    alpha: float | None = None
+
+    @property
+    def scale(self) -> float:
+        return lora_scale(self.rank, self.alpha)
+
+    # The trained pytree is the adapters nested by module path (`nest`), so that checkpoint keys,
+    # and the optimizer state's, are plain names with no "/" inside one key.
+
+    def start(self, params, seed):
+        return nest(init_lora(params, self.rank, jax.random.key(seed))), params
+
+    def logits_fn(self, frozen):
+        def logits(model_config, trained, tokens_BT, *, remat=False, scored_N=None, segments_BT=None):
+            return lora_forward(model_config, frozen, flatten(trained), self.scale, tokens_BT,
+                                segments_BT=segments_BT, scored_N=scored_N, remat=remat)
+        return logits
+
+    def model_params(self, trained, frozen):
+        return merge(frozen, flatten(trained), self.scale)
+
+    def resume_item(self, trained, opt_state):
+        return {"adapters": trained, "opt_state": opt_state}
+
+    def from_resume_item(self, params, item):
+        return item["adapters"], item["opt_state"]
+
+    def record(self):
+        return {"rank": self.rank, "alpha": self.alpha if self.alpha is not None else self.rank,
+                "targets": list(TARGET_MATRICES), "merged": True}
+
+    def describe(self, state) -> str:
+        return (f"LoRA rank {self.rank}: {count_params(state.params):,} trained of "
+                f"{count_params(state.frozen):,} parameters")
 
 
-# ---------------------------------------------------------------------------------------------
-# Training the adapters (lumi sft --lora-rank R).
-
-
-def train_lora(train_config: TrainConfig, model_config: ModelConfig, base_params: dict, data_path: str | Path,
-               out_dir: str | Path, *, rank: int, alpha: float | None = None, init_from: str | None = None,
-               show_progress: bool = True) -> dict[str, Any]:
-    """Train adapters on `data_path` with the base frozen; save the MERGED parameters as an ordinary
-    run in `out_dir` (config.json, tokenizer.model, checkpoints/, metrics.jsonl, summary.json).
-
-    The loop is the plain one: the loader's batches (a pure function of seed and step), AdamW on the
-    adapters only, validation loss at the end, one checkpoint at the end. A LoRA run does not resume:
-    stopped early (time budget, Ctrl-C), it saves what it has.
-    """
-    from lumi_jax import train as full
-    from lumi_jax.checkpoint import CheckpointStore
-    from lumi_jax.data import loader
-    from lumi_jax.metrics import MetricsLog, Stopwatch
-    from lumi_jax.optim import make_optimizer
-
-    stopwatch = Stopwatch(train_config.time_budget_minutes)
-    train_config.validate("train config")
-    model_config = dataclasses.replace(model_config, dtype=train_config.dtype)
-    context = train_config.context or model_config.max_seq_len
-    data_path, run_dir = Path(data_path), Path(out_dir)
-    dataset = full.open_dataset(data_path, model_config, context)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(f"{run_dir}: exists and is not empty; LoRA fine-tuning does not resume, choose a new --out")
-    scale = lora_scale(rank, alpha)
-    run_config = {
-        "model": model_config.to_dict(),
-        "train": train_config.to_dict(),
-        "data": {"path": str(data_path), "tokenizer_sha256": dataset.tokenizer_sha256, "meta": dataset.meta},
-        "versions": full.versions(),
-        "init_from": init_from,
-        "lora": {"rank": rank, "alpha": alpha if alpha is not None else rank, "targets": list(TARGET_MATRICES),
-                 "merged": True},
-    }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    full.write_json_atomic(run_dir / "config.json", run_config)
-    shutil.copyfile(dataset.tokenizer_path, run_dir / "tokenizer.model")
-
-    base_params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), base_params)
-    adapters = init_lora(base_params, rank, jax.random.key(train_config.seed))
-    optimizer = make_optimizer(train_config)
-    opt_state = optimizer.init(adapters)
-
-    train_split = dataset.split("train")
-    separate_examples = train_split.example_starts is not None  # BOS-led instruction examples
-
-    def loss_fn(adapters, inputs_BT, targets_BT, weights_BT):
-        segments_BT = example_segments(inputs_BT) if separate_examples else None
-        logits_BTV = lora_forward(model_config, base_params, adapters, scale, inputs_BT, segments_BT)
-        nats_BT = full.token_nats(logits_BTV, targets_BT)
-        return jnp.sum(nats_BT * weights_BT) / jnp.maximum(jnp.sum(weights_BT), 1.0)
-
-    @jax.jit
-    def step_fn(adapters, opt_state, inputs_BT, targets_BT, weights_BT):
-        loss, grads = jax.value_and_grad(loss_fn)(adapters, inputs_BT, targets_BT, weights_BT)
-        updates, opt_state = optimizer.update(grads, opt_state, adapters)
-        adapters = jax.tree.map(lambda p, u: p + u, adapters, updates)
-        return adapters, opt_state, loss
-
-    metrics_log = MetricsLog(run_dir, tensorboard=False)
-    tokens_per_step = train_config.batch_size * context
-    step, stop_reason, last_loss, step_times = 0, "completed", None, []
-    with full.StopRequest() as stop:
-        while step < train_config.steps:
-            batch = loader.train_batch(train_split, seed=train_config.seed, step=step,
-                                       batch_size=train_config.batch_size, context=context)
-            started = time.perf_counter()
-            adapters, opt_state, loss = step_fn(adapters, opt_state, batch.inputs, batch.targets, batch.weights)
-            last_loss = float(loss)
-            step_times.append(time.perf_counter() - started)
-            step += 1
-            if not math.isfinite(last_loss):
-                raise UserError(f"LoRA fine-tuning diverged at step {step} (loss {last_loss}); lower --lr "
-                                f"(now {train_config.lr:g}) and fine-tune into a new --out")
-            if step % train_config.log_every == 0 or step == train_config.steps or step == 1:
-                record = {"step": step, "loss": last_loss, "lr": float(full.learning_rate_schedule(train_config)(step)),
-                          "tokens_per_s": tokens_per_step / step_times[-1], "step_time_s": step_times[-1],
-                          "tokens": step * tokens_per_step, "elapsed_s": stopwatch.elapsed()}
-                metrics_log.write(record)
-                if show_progress:
-                    print(f"lora step {step}/{train_config.steps} · loss {last_loss:.4f}", flush=True)
-            if stop.signal_name is not None:
-                stop_reason = "signal"
-                break
-            left = stopwatch.left()
-            if left is not None and left < step_times[-1]:
-                stop_reason = "time_budget"
-                break
-
-    merged = merge(base_params, adapters, scale)
-    mesh = full.shard.make_mesh(train_config.mesh_data, train_config.mesh_fsdp)
-    val_loss = None
-    if train_config.eval_every:
-        val_loss = full.evaluate_split(full.make_eval_step(model_config, separate_examples), merged, dataset.split("val"),
-                                       train_config, context, mesh)
-        metrics_log.write({"step": step, "val_loss": val_loss, "elapsed_s": stopwatch.elapsed()})
-    # The checkpoint carries a fresh full-model optimizer state: `lumi train --out` on this run
-    # would continue as full fine-tuning from the merged weights.
-    identity_hash = config_hash({"model": run_config["model"],
-                                 "train": {f: run_config["train"][f] for f in full.RESUME_LOCKED_FIELDS}})
-    store = CheckpointStore(run_dir / "checkpoints", keep=train_config.keep_checkpoints)
-    store.save(step, merged, make_optimizer(train_config).init(merged),
-               {"step": step, "rng": np.asarray(jax.random.key_data(jax.random.key(train_config.seed))).tolist(),
-                "loader": {"seed": train_config.seed, "next_step": step}, "config_hash": identity_hash,
-                "tokenizer_sha256": dataset.tokenizer_sha256, "lora": run_config["lora"]})
-    store.close()
-    metrics_log.close()
-    summary = {
-        "steps": step, "target_steps": train_config.steps, "final_train_loss": last_loss, "final_val_loss": val_loss,
-        "tokens_seen": step * tokens_per_step, "wall_time_s": stopwatch.elapsed(),
-        "mean_step_time_s": float(np.mean(step_times)) if step_times else None, "stop_reason": stop_reason,
-        "lora_params": count_adapter_params(adapters),
-        "base_params": int(sum(leaf.size for leaf in jax.tree.leaves(base_params))),
-    }
-    full.write_json_atomic(run_dir / "summary.json", summary)
-    if show_progress:
-        print(f"{run_dir}: LoRA rank {rank} ({summary['lora_params']:,} trained of {summary['base_params']:,} "
-              f"parameters), {stop_reason} at step {step}, train loss {last_loss}, val loss {val_loss}", flush=True)
-    return summary

@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 
 from lumi_jax.config import ModelConfig
-from lumi_jax.data.tokenizer import BOS_ID
 
 Cache = list[dict[str, jax.Array]]  # one {"k": k_BSNK, "v": v_BSNK} per layer
 
@@ -173,7 +172,8 @@ class Transformer(nn.Module):
         `scored_N` (flat positions b·T + t) asks for the logits of those positions only, as
         (N, V): the head is ~1/6 of tiny's work, and fine-tuning scores only the answer tokens.
         `segments_BT` (no cache): a token attends only to earlier tokens of its own segment, so
-        examples packed into one row stay independent, as each is when answered alone.
+        examples packed into one row stay independent, as each is when answered alone. The ids
+        come from the data pipeline (data/loader.py); the model knows nothing of tokenizers.
 
         Without a cache: a causal pass over the T tokens at positions 0..T-1 (training, scoring).
         With a cache of S slots: the T tokens sit at slots cache_index..cache_index+T-1 and
@@ -241,9 +241,9 @@ def param_shapes(config: ModelConfig) -> dict:
     return jax.eval_shape(lambda rng: init_params(config, rng), jax.random.key(0))
 
 
-def example_segments(tokens_BT: jax.Array) -> jax.Array:
-    """Segment ids for `segments_BT`: each BOS starts a new packed example."""
-    return jnp.cumsum(jnp.asarray(tokens_BT) == BOS_ID, axis=1)
+def count_params(params: Any) -> int:
+    """The number of parameters in a pytree (arrays or ShapeDtypeStructs): embeddings and head included."""
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
 
 
 def forward(config: ModelConfig, params: dict, tokens_BT: jax.Array, remat: bool = False,

@@ -7,7 +7,7 @@ so the schedule reaches `lr` exactly at the end of warmup and `min_lr` exactly a
 Weight decay applies to matrices (embeddings and projections, ndim ≥ 2) and never to the
 RMSNorm scales: decaying a norm's gain towards 0 only fights the normalisation.
 
-Gradient accumulation is not an Optax wrapper here: the train step (train.py) splits its global
+Gradient accumulation is not an Optax wrapper here: the train step (step.py) splits its global
 batch into micro-batches and sums their gradients before this chain sees them. That keeps one
 call = one update = one loader step, and makes the accumulated loss the exact weighted mean over
 the whole batch (optax.MultiSteps averages per-micro-batch means instead).

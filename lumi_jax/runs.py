@@ -1,28 +1,44 @@
-"""Loading a finished (or running) run: its configs, its tokenizer and its parameters.
+"""What a run directory holds, and loading it: configs, tokenizer, parameters.
 
 A run directory (runs/NAME/) is self-contained: config.json says what model, training and data
-made it, tokenizer.model is a copy of the dataset's tokenizer, checkpoints/ holds the steps.
-Generation, evaluation, export and fine-tuning all start here.
+made it (and what it was fine-tuned from), tokenizer.model is a copy of the dataset's tokenizer,
+checkpoints/ holds the steps, metrics.jsonl and summary.json what training saw. Training writes
+it (train.py); generation, evaluation, export and fine-tuning start from `load_run`.
+
+A run is continued only with what makes it the same run: `check_resume_matches` refuses another
+model, data, tokenizer or optimisation with one line that says what differs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import platform
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import flax
 import jax
+import optax
+import orbax.checkpoint
 
 from lumi_jax.checkpoint import CheckpointStore
 from lumi_jax.config import (
     ModelConfig,
     TrainConfig,
+    config_hash,
     model_config_from_dict,
     read_json,
     train_config_from_dict,
 )
+from lumi_jax.data.tokenizer import Tokenizer
 from lumi_jax.errors import UserError
 from lumi_jax.model import param_shapes
+
+# Settings that change what is computed: a resume must keep them, or it is a different run.
+RESUME_LOCKED_FIELDS = ("batch_size", "grad_accum", "context", "lr", "warmup", "min_lr",
+                        "weight_decay", "beta1", "beta2", "grad_clip", "seed", "dtype")
 
 
 @dataclasses.dataclass
@@ -42,8 +58,6 @@ def is_run(path: Path) -> bool:
 
 def load_run(run_dir: str | Path, step: int | None = None) -> LoadedRun:
     """The run's latest good checkpoint (or exactly `step`), with its configs and tokenizer."""
-    from lumi_jax.data.tokenizer import Tokenizer
-
     path = Path(run_dir)
     if not path.is_dir():
         raise UserError(f"{path}: no such run directory; train one with: lumi train --out {path} ...")
@@ -89,3 +103,71 @@ def latest_run(runs_dir: str | Path = "runs") -> Path:
     if not runs:
         raise UserError(f"{runs_dir}: no runs yet; train one with: lumi train --data data/NAME --out {runs_dir}/NAME")
     return max(runs, key=lambda p: max(f.stat().st_mtime for f in [p, *p.iterdir()]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a run: what config.json records, and what a continuation must keep.
+
+
+def versions() -> dict[str, str]:
+    try:
+        lumi_version = version("lumi-jax")
+    except PackageNotFoundError:
+        lumi_version = "unknown"
+    return {"lumi_jax": lumi_version, "python": platform.python_version(), "jax": jax.__version__,
+            "flax": flax.__version__, "optax": optax.__version__, "orbax": orbax.checkpoint.__version__}
+
+
+def run_identity_hash(model_config: ModelConfig, train_config: TrainConfig, trained_record: dict | None = None) -> str:
+    """What a checkpoint must belong to: the model's shape, the settings that change the math,
+    and (for LoRA) the adapters' shape. A full-training run hashes as it always has."""
+    model = {k: v for k, v in model_config.to_dict().items() if k != "description"}
+    identity = {"model": model, "train": {f: getattr(train_config, f) for f in RESUME_LOCKED_FIELDS}}
+    if trained_record is not None:
+        identity["lora"] = trained_record
+    return config_hash(identity)
+
+
+def data_identity(meta: dict) -> dict:
+    """The fields of a dataset's meta.json that say what the data is (not when or how fast)."""
+    return {key: value for key, value in meta.items() if key != "created" and not key.endswith("_seconds")}
+
+
+def check_resume_matches(stored: dict, model_config: ModelConfig, train_config: TrainConfig,
+                         dataset, run_dir: Path, trained_record: dict | None = None) -> None:
+    """Refuse to continue a run with a different model, data, tokenizer, optimisation or LoRA shape."""
+    source = run_dir / "config.json"
+    stored_model = dict(stored.get("model", {}))
+    wanted_model = model_config.to_dict()
+    for ignored in ("dtype", "description"):  # compute dtype is a training setting, checked below
+        stored_model.pop(ignored, None)
+        wanted_model.pop(ignored, None)
+    if stored_model != wanted_model:
+        changed = sorted(k for k in set(stored_model) | set(wanted_model) if stored_model.get(k) != wanted_model.get(k))
+        raise UserError(
+            f"{source}: the run was trained with a different model config ({', '.join(changed)} differ); "
+            "resume with the run's own model, or train into a new --out directory"
+        )
+    stored_data = stored.get("data", {})
+    if stored_data.get("tokenizer_sha256") != dataset.tokenizer_sha256:
+        raise UserError(
+            f"{source}: the run's tokenizer differs from the dataset's ({dataset.tokenizer_path}); "
+            f"resume with the run's data ({stored_data.get('path')}), or train into a new --out directory"
+        )
+    if data_identity(stored_data.get("meta") or {}) != data_identity(json.loads(json.dumps(dataset.meta))):
+        raise UserError(
+            f"{source}: the run was trained on different data ({stored_data.get('path')}); "
+            "resume with the same dataset, or train into a new --out directory"
+        )
+    stored_train = stored.get("train", {})
+    for field in RESUME_LOCKED_FIELDS:
+        if stored_train.get(field) != getattr(train_config, field):
+            raise UserError(
+                f"{source}: the run was trained with {field}={json.dumps(stored_train.get(field))}, "
+                f"not {json.dumps(getattr(train_config, field))}; resume with the same setting, "
+                "or train into a new --out directory"
+            )
+    if stored.get("lora") != trained_record:
+        what = f"LoRA rank {stored['lora']['rank']}" if stored.get("lora") else "full training"
+        raise UserError(f"{source}: the run was made by {what}; continue it the same way "
+                        "(lumi sft with the same --lora-rank), or train into a new --out directory")

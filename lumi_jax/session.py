@@ -1,4 +1,4 @@
-"""Sessions: `python -m lumi_jax.session NAME [options]` (and `make session-NAME`).
+"""Sessions: `lumi session NAME [options]`, `python -m lumi_jax.session NAME` (and `make session-NAME`).
 
 A session runs one focused, time-boxed piece of work end to end: quick, prototype, experiment,
 evaluation and architecture run their steps under a budget and leave a log and a record in
@@ -7,7 +7,11 @@ tools: they do their job and leave nothing behind but what they are asked to mak
 
     python -m lumi_jax.session quick                       # the 5-minute end-to-end check
     python -m lumi_jax.session prototype --time 60         # SESSION_TIME=60 make session-prototype
-    python -m lumi_jax.session evaluation --model runs/x   # MODEL_PATH=runs/x make session-evaluation
+    python -m lumi_jax.session evaluation --run runs/x     # MODEL_PATH=runs/x make session-evaluation
+
+Both commands build their parsers here (`session_parser`) and run through `dispatch`, so they take
+the same options. The words mean what they mean in `lumi train`: `--model` (or `--config`) is a
+model config, `--run` a run directory to read.
 
 Every mistake in the arguments (a budget that is not a number, an unknown session, a MODEL_PATH
 that does not exist) is refused before anything starts, in one line, with exit status 2.
@@ -24,6 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lumi_jax.errors import UserError, exit_on_user_error
+from lumi_jax.flags import (
+    ArgumentParser,
+    non_negative_whole_number,
+    positive_number,
+    positive_whole_number,
+)
+
+PROG = "python -m lumi_jax.session"
 
 
 @dataclass(frozen=True)
@@ -67,13 +79,6 @@ TOOLS: dict[str, tuple[str, str]] = {
 MAX_MINUTES = 7 * 24 * 60
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument is a UserError: one line, exit status 2, no usage dump."""
-
-    def error(self, message: str):
-        raise UserError(f"{self.prog}: {message}; see --help")
-
-
 def parse_minutes(text: str) -> float:
     """SESSION_TIME / --time: a positive number of minutes."""
     try:
@@ -87,55 +92,27 @@ def parse_minutes(text: str) -> float:
     return minutes
 
 
-def parse_seed(text: str) -> int:
-    try:
-        seed = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number; use e.g. --seed 0") from None
-    if seed < 0:
-        raise argparse.ArgumentTypeError(f"{seed} is negative; use zero or a positive seed")
-    return seed
-
-
-def parse_positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
-
-
-def parse_positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
-
-
 def add_timed_arguments(parser: argparse.ArgumentParser, session: TimedSession) -> None:
     parser.add_argument("--time", type=parse_minutes, default=session.minutes, metavar="MINUTES",
                         help=f"the session budget in minutes (default {session.minutes:g}; Make: SESSION_TIME)")
-    parser.add_argument("--config", metavar="PATH",
+    parser.add_argument("--model", "--config", dest="config", metavar="CONFIG",
                         help="the model config to train (a name such as tiny, or a JSON path), or for the "
                         "architecture session the configs to validate (Make: CONFIG)")
-    parser.add_argument("--model", metavar="PATH", type=Path,
-                        help="a run directory to evaluate (default: the latest run; Make: MODEL_PATH)")
+    parser.add_argument("--run", metavar="PATH", type=Path,
+                        help="the run directory to evaluate (default: the latest run; Make: MODEL_PATH)")
     parser.add_argument("--data", metavar="SOURCE",
                         help="the text to train on: sample, a file, a directory, a .jsonl or tfds:NAME "
                         "(default: the sample corpus; Make: DATA)")
-    parser.add_argument("--seed", type=parse_seed, default=0, help="seed for data, initialisation and order")
-    parser.add_argument("--steps", type=parse_positive_int,
+    parser.add_argument("--seed", type=non_negative_whole_number, default=0,
+                        help="seed for data, initialisation and order")
+    parser.add_argument("--steps", type=positive_whole_number,
                         help="training steps (default: the session's recipe); lower it to scale a session down")
-    parser.add_argument("--data-mb", type=parse_positive_float, metavar="MB",
+    parser.add_argument("--data-mb", type=positive_number, metavar="MB",
                         help="size of the generated sample corpus in MB (default: the session's)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> ArgumentParser:
+    """The overview `--help` shows: every session and tool, one line each."""
     lines = ["sessions (time-boxed; each leaves sessions/STAMP.log and .json):"]
     for name, session in TIMED_SESSIONS.items():
         text = f"{session.summary}; leaves {session.leaves}"
@@ -144,25 +121,39 @@ def build_parser() -> argparse.ArgumentParser:
     lines.append("tools:")
     for name, (_module, help_text) in TOOLS.items():
         lines.append(f"  {name:<13} {help_text}")
-    lines.append("Run `python -m lumi_jax.session NAME --help` for a session's options.")
-    parser = _Parser(prog="python -m lumi_jax.session", description="lumi_jax sessions.",
-                     epilog="\n".join(lines), formatter_class=argparse.RawDescriptionHelpFormatter)
+    lines.append(f"Run `{prog} NAME --help` for a session's options.")
+    parser = ArgumentParser(prog=prog, description="lumi_jax sessions.",
+                            epilog="\n".join(lines), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", metavar="NAME", help="the session or tool to run")
     return parser
 
 
+def session_parser(name: str, prog: str = PROG) -> ArgumentParser:
+    """The parser of one session or tool; `lumi session` and `python -m lumi_jax.session` both use it."""
+    if name in TIMED_SESSIONS:
+        parser = ArgumentParser(prog=f"{prog} {name}", description=TIMED_SESSIONS[name].summary)
+        add_timed_arguments(parser, TIMED_SESSIONS[name])
+        return parser
+    if name in TOOLS:
+        module_name, help_text = TOOLS[name]
+        parser = ArgumentParser(prog=f"{prog} {name}", description=help_text)
+        importlib.import_module(module_name).add_arguments(parser)
+        return parser
+    raise UserError(f"unknown session '{name}'; choose one of: {', '.join([*TIMED_SESSIONS, *TOOLS])}")
+
+
 def check_timed_options(name: str, args: argparse.Namespace) -> None:
     """Refuse bad values before the session starts, so nothing is created for a typo."""
-    if args.model is not None:
-        if not args.model.exists():
-            raise UserError(f"MODEL_PATH / --model {args.model}: no such run directory; "
+    if args.run is not None:
+        if not args.run.exists():
+            raise UserError(f"MODEL_PATH / --run {args.run}: no such run directory; "
                             "give a directory under runs/ (see `make session-status`), or leave it unset for the latest run")
-        if not args.model.is_dir():
-            raise UserError(f"MODEL_PATH / --model {args.model}: is a file, not a run directory; give the run's directory")
+        if not args.run.is_dir():
+            raise UserError(f"MODEL_PATH / --run {args.run}: is a file, not a run directory; give the run's directory")
         if name not in ("evaluation",):
-            raise UserError(f"MODEL_PATH / --model applies to the evaluation session, not '{name}'; leave it unset")
+            raise UserError(f"MODEL_PATH / --run applies to the evaluation session, not '{name}'; leave it unset")
     if args.data is not None:
-        from lumi_jax.data.sources import named_sources
+        from lumi_jax.data.catalog import named_sources
 
         if args.data not in named_sources() and not args.data.startswith("tfds:"):
             if not glob.glob(str(Path(args.data).expanduser())):
@@ -171,6 +162,9 @@ def check_timed_options(name: str, args: argparse.Namespace) -> None:
         if name in ("evaluation", "architecture"):
             raise UserError(f"DATA / --data applies to training sessions, not '{name}'; leave it unset")
     if args.config is not None:
+        if name == "evaluation":
+            raise UserError(f"CONFIG / --model {args.config}: the evaluation session reads a run, not a model "
+                            "config; give the run with --run (Make: MODEL_PATH), or leave it unset for the latest run")
         if name == "architecture":
             from lumi_jax.sessions.config_review import config_files
 
@@ -181,42 +175,32 @@ def check_timed_options(name: str, args: argparse.Namespace) -> None:
             load_model_config(args.config)  # a bad config is refused here, with its field and fix
 
 
-def run_timed(name: str, argv: list[str]) -> int:
-    session = TIMED_SESSIONS[name]
-    parser = _Parser(prog=f"python -m lumi_jax.session {name}", description=session.summary)
-    add_timed_arguments(parser, session)
-    args = parser.parse_args(argv)
+def run_timed(name: str, args: argparse.Namespace, command: list[str]) -> int:
     check_timed_options(name, args)
     from lumi_jax.sessions import plans
     from lumi_jax.sessions.runner import SessionRunner
 
     arguments = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
     steps = plans.build(name, args)
-    command = ["python", "-m", "lumi_jax.session", name, *argv]
     runner = SessionRunner(name, args.time * 60, arguments, seed=args.seed, command=command)
     return runner.run(steps)
 
 
-def run_tool(name: str, argv: list[str]) -> int:
-    module_name, help_text = TOOLS[name]
-    module = importlib.import_module(module_name)
-    parser = _Parser(prog=f"python -m lumi_jax.session {name}", description=help_text)
-    module.add_arguments(parser)
-    return int(module.run(parser.parse_args(argv)) or 0)
+def dispatch(argv: list[str], prog: str = PROG) -> int:
+    """Run `NAME [options]`: the overview for no NAME or --help, else that session's or tool's parser and run."""
+    if not argv or argv[0] in ("-h", "--help"):
+        build_parser(prog).print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
+    args = session_parser(name, prog).parse_args(rest)
+    if name in TOOLS:
+        return int(importlib.import_module(TOOLS[name][0]).run(args) or 0)
+    return run_timed(name, args, command=[*prog.split(), name, *rest])
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
     with exit_on_user_error():
-        if not argv or argv[0] in ("-h", "--help"):
-            build_parser().print_help()
-            return 0
-        name, rest = argv[0], argv[1:]
-        if name in TIMED_SESSIONS:
-            return run_timed(name, rest)
-        if name in TOOLS:
-            return run_tool(name, rest)
-        raise UserError(f"unknown session '{name}'; choose one of: {', '.join([*TIMED_SESSIONS, *TOOLS])}")
+        return dispatch(list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -1,35 +1,21 @@
-"""Supervised fine-tuning: the instruction template, loss masks, and `lumi sft`.
+"""Supervised fine-tuning: `lumi sft` and what it needs beyond the training loop.
 
-The one instruction template (preparation, training, evaluation and `lumi generate --chat` all
-use these functions, so the model is always asked in the shape it was taught):
+    lumi sft --from runs/tiny --data data/instructions-tiny --out runs/tiny-sft [--lora-rank 8]
 
-    <BOS>Task: What is the first item?
-    Input: shell, bee, kite
-    Answer: shell<EOS>
+The pretrained run's parameters and tokenizer start a new run; the one training loop (train.py)
+trains them on instruction data, where the loss counts responses only (the dataset's mask, made
+by data/instructions.py in the template of data/template.py) and packed examples do not attend to
+each other (the loader's segment ids). With `--lora-rank` it trains adapters instead of all
+weights (lora.py), in the same loop. Before and after, the held-out examples are answered
+greedily and scored by exact match (evaluate.exact_match).
 
-The `Input:` line is left out when there is no input. Everything up to and including "Answer:"
-is the PROMPT (loss weight 0); the response (with its leading space) and the EOS that ends it
-are the TARGET (loss weight 1), so the model learns what to say and when to stop, never to echo
-the question. A chat (a `messages` list) renders earlier turns as Task/Answer lines (a system
-message as `System:`); one example is made per assistant turn, with the whole history before
-it as its prompt.
-
-Why this shape, and not alpaca's `### Instruction:` sections: each header is one token (every
-tokenizer lumi trains holds the markers as pieces, TEMPLATE_MARKERS), so a sample-instructions
-example is ~28 tokens with the tiny tokenizer where alpaca's headers alone would cost ~35 (a
-tokenizer trained on simple stories has no '#' pieces): more examples per fine-tuning minute.
-And every header ends with ": ", so each word of the input and of the answer is tokenised the
-same way (as a space-prefixed piece, "▁shell"). Copying a word from the input into the answer is
-then copying tokens, not learning a second spelling of each word (after a newline "shell" and
-" shell" are different tokens).
-
-Prompt and response are tokenised separately (the mask boundary then falls exactly between
-tokens), so a generator must encode the prompt on its own too: `encode(format_prompt(...))`, with
-a BOS in front, then decode until EOS and strip the leading space.
+Examples longer than the context are cut from the prompt side, in a copy of the dataset (the
+original is never touched), so the model always sees the whole answer.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from collections.abc import Sequence
@@ -37,8 +23,23 @@ from pathlib import Path
 
 import numpy as np
 
-from lumi_jax.errors import UserError
+from lumi_jax.config import load_train_config
+from lumi_jax.data.instructions import held_out_examples
+from lumi_jax.data.loader import TokenDataset
 from lumi_jax.data.tokenizer import BOS_ID
+from lumi_jax.errors import UserError
+from lumi_jax.evaluate import exact_match
+from lumi_jax.files import write_json_atomic
+from lumi_jax.flags import (
+    add_train_flags,
+    non_negative_whole_number,
+    positive_number,
+    train_config_from_flags,
+)
+from lumi_jax.lora import LoraTraining
+from lumi_jax.runs import load_run
+from lumi_jax.step import FullTraining
+from lumi_jax.train import train
 
 # ---------------------------------------------------------------------------------------------
 # Examples longer than the context: truncated from the prompt side.
@@ -75,8 +76,6 @@ def fit_to_context(dataset_dir: Path, context: int, out_dir: Path, log) -> tuple
     When no example is longer than a window, that is the dataset itself. Otherwise a truncated
     copy is written to `out_dir` (the original is never touched) and its path returned.
     """
-    from lumi_jax.data.loader import TokenDataset
-
     dataset = TokenDataset(dataset_dir)
     max_len = context + 1
     report = {"context": context, "examples": {}, "truncated_prompt": {}, "truncated_response": {}}
@@ -131,42 +130,6 @@ def fit_to_context(dataset_dir: Path, context: int, out_dir: Path, log) -> tuple
 
 
 # ---------------------------------------------------------------------------------------------
-# Held-out exact match: greedy answers to the held-out prompts, compared after stripping.
-
-
-def exact_match(model_config, params, tokenizer, examples: Sequence[dict], *, batch_size: int = 64) -> dict:
-    """Greedy-decode each example's prompt (BOS + prompt, stop at EOS) and compare the stripped
-    answer with the stripped expected response. Returns accuracy, counts, per-family accuracy and
-    a few wrong answers to look at."""
-    from lumi_jax.generate import generate_ids
-
-    if not examples:
-        raise UserError("no held-out examples to evaluate; the dataset's validation split is empty")
-    expected = [e["response"].strip() for e in examples]
-    longest = max(len(tokenizer.encode(text)) for text in expected)
-    max_new_tokens = min(longest + 8, model_config.max_seq_len - 1)
-    answers: list[str] = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        prompts = [tokenizer.encode(e["prompt"], bos=True) for e in chunk]
-        results = generate_ids(model_config, params, prompts, max_new_tokens=max_new_tokens)
-        answers.extend(tokenizer.decode(r.new_ids).strip() for r in results)
-    correct = [a == b for a, b in zip(answers, expected, strict=True)]
-    by_family: dict[str, list[bool]] = {}
-    for example, ok in zip(examples, correct, strict=True):
-        by_family.setdefault(example.get("family", "all"), []).append(ok)
-    wrong = [{"prompt": e["prompt"], "expected": x, "answer": a}
-             for e, x, a, ok in zip(examples, expected, answers, correct, strict=True) if not ok]
-    return {
-        "accuracy": sum(correct) / len(correct),
-        "correct": sum(correct),
-        "total": len(correct),
-        "by_family": {family: sum(oks) / len(oks) for family, oks in sorted(by_family.items())},
-        "wrong_samples": wrong[:5],
-    }
-
-
-# ---------------------------------------------------------------------------------------------
 # Fine-tuning.
 
 
@@ -181,8 +144,6 @@ def spread_sample(items: Sequence, count: int) -> list:
 
 def check_instruction_data(data_dir: Path, tokenizer_sha256: str, from_run: Path):
     """The dataset, after checking it is instruction data made with the pretrained run's tokenizer."""
-    from lumi_jax.data.loader import TokenDataset
-
     if not Path(data_dir).is_dir():
         raise UserError(f"{data_dir}: no such dataset directory; prepare it with `lumi prepare --source "
                         f"sample-instructions --out {data_dir} --tokenizer {from_run}/tokenizer.model`")
@@ -206,11 +167,8 @@ def fine_tune(from_run: str | Path, data_dir: str | Path, out_dir: str | Path, t
               lora_rank: int = 0, lora_alpha: float | None = None, eval_examples: int = 200,
               show_progress: bool = True, log=print) -> dict:
     """Fine-tune the pretrained run `from_run` on instruction data into `out_dir`; returns a report
-    with the training summary and the held-out exact match before and after."""
-    from lumi_jax.data.instructions import held_out_examples
-    from lumi_jax.runs import load_run
-    from lumi_jax.train import train, write_json_atomic
-
+    with the training summary and the held-out exact match before and after. Running it again into
+    the same `out_dir` continues the fine-tuning from its latest checkpoint."""
     from_run, data_dir, out_dir = Path(from_run), Path(data_dir), Path(out_dir)
     if out_dir.resolve() == from_run.resolve():
         raise UserError(f"--out {out_dir} is the pretrained run itself; fine-tune into a new directory")
@@ -229,16 +187,13 @@ def fine_tune(from_run: str | Path, data_dir: str | Path, out_dir: str | Path, t
     if before is not None:
         log(f"held-out exact match before fine-tuning: {before['accuracy']:.1%} ({before['correct']}/{before['total']})")
 
-    if lora_rank:
-        from lumi_jax.lora import train_lora
-
-        summary = train_lora(train_config, pretrained.model_config, pretrained.params, train_data, out_dir,
-                             rank=lora_rank, alpha=lora_alpha, init_from=str(from_run), show_progress=show_progress)
-    else:
-        summary = train(train_config, pretrained.model_config, train_data, out_dir,
-                        init_params=pretrained.params, init_from=str(from_run), show_progress=show_progress)
-        if summary["stop_reason"] == "nan":
-            raise UserError(summary["message"])
+    trained_kind = LoraTraining(lora_rank, lora_alpha) if lora_rank else FullTraining()
+    summary = train(train_config, pretrained.model_config, train_data, out_dir, init_params=pretrained.params,
+                    init_from=str(from_run), trained_kind=trained_kind, show_progress=show_progress,
+                    resume_command=f"lumi sft --from {from_run} --data {data_dir} --out {out_dir}"
+                    + (f" --lora-rank {lora_rank}" if lora_rank else ""))
+    if summary["stop_reason"] == "nan":
+        raise UserError(summary["message"])
 
     after = None
     if examples:
@@ -264,9 +219,10 @@ def fine_tune(from_run: str | Path, data_dir: str | Path, out_dir: str | Path, t
 # `lumi sft`.
 
 DEFAULT_RECIPE = "sft"
+NOT_FOR_FINE_TUNING = {"copy_warmup_steps"}  # a fine-tuning starts from trained weights: no warm-up
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="from_run", required=True,
                         help="the pretrained run to start from, e.g. runs/tiny (its parameters and tokenizer)")
     parser.add_argument("--data", required=True, help="instruction data prepared with the run's tokenizer, e.g. "
@@ -274,33 +230,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="the fine-tuned run directory, e.g. runs/tiny-sft")
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, help="training recipe: a name in config/recipes or a "
                         f"JSON path (default {DEFAULT_RECIPE}); the flags below override it")
-    parser.add_argument("--lora-rank", type=int, default=0, help="train rank-r LoRA adapters on the attention and "
+    parser.add_argument("--lora-rank", type=non_negative_whole_number, default=0, help="train rank-r LoRA adapters on the attention and "
                         "MLP matrices instead of all weights (merged into the weights on save); 0 = full fine-tuning")
-    parser.add_argument("--lora-alpha", type=float, help="LoRA scale numerator: updates are scaled by alpha/rank "
+    parser.add_argument("--lora-alpha", type=positive_number, help="LoRA scale numerator: updates are scaled by alpha/rank "
                         "(default alpha = rank)")
-    parser.add_argument("--eval-examples", type=int, default=200, help="held-out examples scored by exact match "
+    parser.add_argument("--eval-examples", type=non_negative_whole_number, default=200, help="held-out examples scored by exact match "
                         "before and after (0: skip)")
-    for flag, kind, text in (
-        ("--steps", int, "optimizer updates"), ("--batch-size", int, "sequences per update"),
-        ("--grad-accum", int, "micro-batches per update"), ("--context", int, "tokens per sequence"),
-        ("--lr", float, "peak learning rate"), ("--warmup", int, "linear warmup steps"),
-        ("--min-lr", float, "learning-rate floor at the last step"), ("--weight-decay", float, "AdamW weight decay"),
-        ("--seed", int, "data-order seed"), ("--save-every", int, "checkpoint interval in steps"),
-        ("--eval-every", int, "validation-loss interval in steps (0: none)"), ("--log-every", int, "metrics interval"),
-        ("--keep", int, "checkpoints to keep"),
-    ):
-        parser.add_argument(flag, type=kind, help=text)
-    parser.add_argument("--time-budget", type=float, metavar="MINUTES", help="stop cleanly and save after this long")
-    parser.add_argument("--dtype", choices=("bf16", "fp32", "bfloat16", "float32"), help="compute dtype")
-    parser.add_argument("--mesh", help="device mesh, e.g. data=4 (default: all devices on data)")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
+    add_train_flags(parser, exclude=NOT_FOR_FINE_TUNING)
 
 
-def run(args) -> int:
-    from lumi_jax.train import train_config_from_args
-
-    args.remat = args.tensorboard = None  # the train-flag defaults train_config_from_args expects
-    train_config = train_config_from_args(args, stored=None)
+def run(args: argparse.Namespace) -> int:
+    train_config = train_config_from_flags(args, load_train_config(args.recipe).to_dict())
     fine_tune(args.from_run, args.data, args.out, train_config, lora_rank=args.lora_rank,
               lora_alpha=args.lora_alpha, eval_examples=args.eval_examples, show_progress=not args.quiet)
     return 0

@@ -53,19 +53,6 @@ def initialize_distributed() -> bool:
     return False
 
 
-def parse_mesh_spec(text: str) -> tuple[int, int]:
-    """`data=4,fsdp=2` → (4, 2); a missing axis is 0 for data (all the rest) and 1 for fsdp."""
-    sizes = {"data": 0, "fsdp": 1}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, value = part.partition("=")
-        if name not in sizes or not value.isdigit():
-            raise UserError(f"--mesh '{text}': expected data=N,fsdp=M with whole numbers; e.g. --mesh data=2,fsdp=2")
-        sizes[name] = int(value)
-    if sizes["fsdp"] < 1:
-        raise UserError(f"--mesh '{text}': fsdp must be at least 1; e.g. --mesh fsdp=2")
-    return sizes["data"], sizes["fsdp"]
-
-
 def make_mesh(data: int = 0, fsdp: int = 1) -> Mesh:
     """A (data, fsdp) mesh over every device; data=0 takes all devices fsdp leaves."""
     count = jax.device_count()

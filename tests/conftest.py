@@ -31,7 +31,7 @@ def replace_config(config, **changes):
 @pytest.fixture(scope="session")
 def compilation_cache():
     """What `lumi train` does: identical programs compile once, across tests and processes."""
-    from lumi_jax.train import enable_compilation_cache
+    from lumi_jax.step import enable_compilation_cache
 
     enable_compilation_cache()
 

@@ -74,3 +74,17 @@ def test_cli_missing_path_exits_2_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "no such file" in result.stderr
+
+
+def test_a_run_config_written_before_the_fields_were_regrouped_still_loads():
+    """config.json's "train" as runs stored it (the old field order); order is free, names and types are not."""
+    from lumi_jax.config import TrainConfig, train_config_from_dict
+
+    stored = {"steps": 300, "batch_size": 8, "grad_accum": 2, "context": 32, "lr": 0.003, "warmup": 10,
+              "copy_warmup_steps": 0, "min_lr": 0.0003, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95,
+              "grad_clip": 1.0, "seed": 0, "dtype": "float32", "remat": False, "time_budget_minutes": None,
+              "save_every": 100, "keep_checkpoints": 3, "eval_every": 100, "eval_batches": 8, "log_every": 10,
+              "mesh_data": 0, "mesh_fsdp": 1, "tensorboard": False, "description": ""}
+    config = train_config_from_dict(stored, "runs/old/config.json")
+    assert config.to_dict() == stored
+    assert set(TrainConfig().to_dict()) == set(stored)

@@ -9,18 +9,17 @@ import jax
 import numpy as np
 import pytest
 
-from lumi_jax import sharding as shard
 from lumi_jax.config import TrainConfig
 from lumi_jax.copy_warmup import (
     COPY_WARMUP_FILE,
     FIRST_ORDINARY_ID,
     copy_rows,
-    warm_up,
     warmup_config,
 )
 from lumi_jax.errors import UserError
 from lumi_jax.model import init_params
-from lumi_jax.train import loss_sums, train
+from lumi_jax.step import FULL_TRAINING, loss_sums
+from lumi_jax.train import StopRequest, Trainer, train
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -44,19 +43,28 @@ def test_rows_repeat_a_random_span_and_weigh_only_what_copying_predicts():
 
 def copy_nats(params, micro_config) -> float:
     rows = copy_rows(np.random.default_rng(123), rows=16, span=16, vocab_size=micro_config.vocab_size)
-    nats, weight = loss_sums(params, micro_config, rows["inputs"], rows["targets"], rows["weights"])
+    nats, weight = loss_sums(params, micro_config, rows)
     return float(nats / weight)
 
 
-def test_warm_up_teaches_a_fresh_model_to_copy_what_it_has_read(micro_config):
-    params = init_params(micro_config, jax.random.key(0))
+def test_warm_up_teaches_a_fresh_model_to_copy_what_it_has_read(micro_config, dataset_dir, tmp_path, capsys):
+    """The trainer's warm-up phase (the one loop, fed copy rows) on fresh parameters."""
+    params = init_params(micro_config, jax.random.key(WARM_CONFIG.seed))  # what the run starts from
     before = copy_nats(params, micro_config)
-    lines = []
-    warmed, info = warm_up(params, micro_config, WARM_CONFIG, 32, shard.make_mesh(), log=lines.append)
-    after = copy_nats(warmed, micro_config)
+    trainer = Trainer(WARM_CONFIG, micro_config, dataset_dir, tmp_path / "run", init_params=None, init_from=None,
+                      trained_kind=FULL_TRAINING, show_progress=True)
+    trainer.open_run(resume=False)
+    trainer.restore_or_initialise()
+    assert trainer.needs_copy_warmup
+    with StopRequest() as stop:
+        trainer.copy_warm_up(stop)
+    trainer.store.close()
+    after = copy_nats(trainer.state.params, micro_config)
     assert before > 5.5  # ln(509) = 6.2: a fresh model guesses
     assert after < 1.0, f"copy loss {before:.2f} -> {after:.2f} nats: no induction after the warm-up"
+    info = json.loads((tmp_path / "run" / COPY_WARMUP_FILE).read_text())
     assert info["steps"] == 300 and info["final_copy_nats"] < 1.0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("copy warm-up")]
     assert len(lines) == 6 and lines[-1].startswith("copy warm-up 300/300")
 
 

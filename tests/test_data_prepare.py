@@ -234,7 +234,7 @@ def test_data_info_shows_counts_and_decoded_windows(sample_dir, capsys):
 
 
 def test_a_source_can_write_extra_files_and_segment_masks(tmp_path, monkeypatch, sample_dir):
-    from lumi_jax.data import sources
+    from lumi_jax.data import catalog, sources
 
     def question_answers(spec, options):
         documents = [sources.Document(((f"Q{i}? ", False), (f"A{i}.", True))) for i in range(30)]
@@ -246,7 +246,7 @@ def test_a_source_can_write_extra_files_and_segment_masks(tmp_path, monkeypatch,
         return sources.Corpus(documents=documents[:25], val_documents=documents[25:], kind="instructions",
                               source="qa", write_extra_files=write_extra_files)
 
-    monkeypatch.setitem(sources._SOURCES, "test-qa", (question_answers, "test"))
+    monkeypatch.setitem(catalog.NAMED_SOURCES, "test-qa", (question_answers, "test"))
     meta = prepare_dataset("test-qa", tmp_path / "qa", tokenizer=sample_dir / "tokenizer.model", log=None)
     assert meta["kind"] == "instructions" and meta["has_mask"] is True
     assert meta["source_details"]["held_out"] == 5 and (tmp_path / "qa" / "held_out.txt").read_text() == "5"

@@ -8,8 +8,9 @@ import re
 
 import pytest
 
+from lumi_jax.data.catalog import load_corpus
 from lumi_jax.data.sample_corpus import StoryWriter, generate_stories
-from lumi_jax.data.sources import SourceOptions, load_corpus, register_jsonl_format
+from lumi_jax.data.sources import SourceOptions
 from lumi_jax.data.text import MAX_DOCUMENT_CHARS, decode_utf8, normalise_text, split_documents
 from lumi_jax.errors import UserError
 
@@ -90,16 +91,14 @@ def test_jsonl_errors_name_the_line(tmp_path):
 
 
 def test_a_registered_jsonl_format_yields_masked_segments(tmp_path, monkeypatch):
-    from lumi_jax.data import sources
-
-    monkeypatch.setattr(sources, "_JSONL_FORMATS", dict(sources._JSONL_FORMATS))
+    from lumi_jax.data import catalog, sources
 
     def question_answer(record):
         if "q" in record and "a" in record:
             return sources.Document(((f"Q: {record['q']}\nA: ", False), (record["a"], True)))
         return None
 
-    register_jsonl_format("qa", question_answer, "instructions")
+    monkeypatch.setitem(catalog.JSONL_FORMATS, "qa", (question_answer, "instructions"))
     path = tmp_path / "qa.jsonl"
     path.write_text(json.dumps({"q": "2+2?", "a": "4"}) + "\n")
     corpus = load_corpus(str(path), SourceOptions())

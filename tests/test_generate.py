@@ -216,7 +216,8 @@ def test_chat_asks_in_the_instruction_template_and_keeps_the_history(tmp_path_fa
                                                                       monkeypatch, capsys):
     from eval_runs import trained_runs
 
-    from lumi_jax import cli, sft
+    from lumi_jax import cli
+    from lumi_jax.data import template
     from lumi_jax.runs import load_run
 
     run = trained_runs(tmp_path_factory, shared_data_dir)["under_trained"]

@@ -9,8 +9,9 @@ import pytest
 
 from lumi_jax import cli
 from lumi_jax.data import instructions
+from lumi_jax.data.catalog import load_corpus
 from lumi_jax.data.prepare import prepare_dataset
-from lumi_jax.data.sources import SourceOptions, load_corpus
+from lumi_jax.data.sources import SourceOptions
 from lumi_jax.data.template import INSTRUCTION_HEADER, RESPONSE_MARKER, format_prompt
 
 

@@ -100,7 +100,7 @@ def test_evaluation_session_on_the_quick_run_evaluates_assesses_and_compares(qui
     previous = os.getcwd()
     os.chdir(root)
     try:
-        assert main(["evaluation", "--model", record["outputs"]["run"]]) == 0
+        assert main(["evaluation", "--run", record["outputs"]["run"]]) == 0
         records = sorted((root / "sessions").glob("*.json"))
         evaluation = json.loads(records[-1].read_text())
     finally:

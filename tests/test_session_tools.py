@@ -176,7 +176,9 @@ def test_status_lists_datasets_runs_and_the_latest_session(project, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["quick", "--time", "abc"], "'abc' is not a number of minutes"),
     (["prototype", "--time", "-5"], "not a usable budget"),
-    (["quick", "--model", "runs/does-not-exist"], "no such run directory"),
+    (["evaluation", "--run", "runs/does-not-exist"], "no such run directory"),
+    (["evaluation", "--model", "runs/x"], "give the run with --run"),  # --model is a model config everywhere
+    (["prototype", "--model", "no-such-model"], "no such model config"),
     (["nonsense"], "unknown session 'nonsense'"),
     (["prototype", "--data", "no/such/file.txt"], "no such file"),
     (["prototype", "--config", "no-such-model"], "no such model config"),

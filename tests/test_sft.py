@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 
 from lumi_jax import cli, sft
-from lumi_jax.data import template
 from lumi_jax.config import TrainConfig
-from lumi_jax.data import loader
+from lumi_jax.data import loader, template
 from lumi_jax.data.instructions import held_out_examples
+from lumi_jax.data.loader import example_segments
 from lumi_jax.data.prepare import prepare_dataset
-from lumi_jax.lora import adapter_names
-from lumi_jax.model import example_segments, forward, init_params
-from lumi_jax.runs import load_run
 from lumi_jax.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
-from lumi_jax.train import enable_compilation_cache, loss_sums, train
+from lumi_jax.lora import adapter_names
+from lumi_jax.model import forward, init_params
+from lumi_jax.runs import load_run
+from lumi_jax.step import enable_compilation_cache, loss_sums
+from lumi_jax.train import train
 
 CONTEXT = 64
 SFT_FLAGS = ["--steps", "3", "--batch-size", "4", "--context", str(CONTEXT), "--warmup", "1",
@@ -106,7 +107,11 @@ def test_prompt_tokens_carry_zero_weight_in_the_loss(instructions_dir, micro_con
     assert prompt_positions.any() and (~prompt_positions).any()
     scrambled = np.where(prompt_positions, (batch.targets + 7) % micro_config.vocab_size, batch.targets)
     params = init_params(micro_config, jax.random.key(0))
-    loss = jax.jit(loss_sums, static_argnums=1)
+    jitted = jax.jit(loss_sums, static_argnums=1)
+
+    def loss(params, config, inputs, targets, weights):
+        return jitted(params, config, {"inputs": inputs, "targets": targets, "weights": weights})
+
     nats, weight = loss(params, micro_config, batch.inputs, batch.targets, batch.weights)
     nats_scrambled, _ = loss(params, micro_config, batch.inputs, scrambled, batch.weights)
     assert float(weight) == float((~prompt_positions).sum())
@@ -150,7 +155,10 @@ def test_packed_examples_do_not_see_each_other(instructions_dir, micro_config):
         logits = forward(micro_config, params, inputs,
                          segments_BT=example_segments(inputs) if separate else None)
         per_token = np.asarray(jax.nn.logsumexp(logits, -1) - np.take_along_axis(logits, targets[..., None], -1)[..., 0])
-        total, _ = loss_sums(params, micro_config, inputs, targets, weights, separate_examples=separate)
+        batch = {"inputs": inputs, "targets": targets, "weights": weights}
+        if separate:
+            batch["segments"] = example_segments(inputs)
+        total, _ = loss_sums(params, micro_config, batch)
         return per_token[0], float(total)
 
     separated, _ = nats(packed, True)
@@ -177,8 +185,7 @@ def test_scoring_only_answer_positions_gives_the_same_loss_and_gradients(instruc
     params = init_params(micro_config, jax.random.key(1))
 
     def loss(params, scored_limit):
-        nats, weight = loss_sums(params, micro_config, batch.inputs, batch.targets, batch.weights,
-                                 scored_limit=scored_limit)
+        nats, weight = loss_sums(params, micro_config, batch.arrays(), scored_limit=scored_limit)
         return nats / weight, (nats, weight)
 
     grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)

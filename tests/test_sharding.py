@@ -37,7 +37,8 @@ FOUR_DEVICE_SCRIPT = textwrap.dedent("""
     from lumi_jax.errors import UserError
     from lumi_jax.metrics import read_metrics
     from lumi_jax.optim import make_optimizer
-    from lumi_jax.train import initial_state, train
+    from lumi_jax.step import initial_state
+    from lumi_jax.train import train
 
     data, out, config = sys.argv[1], sys.argv[2], TrainConfig(**json.loads(sys.argv[3]))
     micro = load_model_config("micro")
@@ -56,14 +57,6 @@ FOUR_DEVICE_SCRIPT = textwrap.dedent("""
         report["odd_batch_error"] = str(error)
     print(json.dumps(report))
 """)
-
-
-def test_mesh_spec_parsing():
-    assert shard.parse_mesh_spec("data=4") == (4, 1)
-    assert shard.parse_mesh_spec("data=2,fsdp=2") == (2, 2)
-    assert shard.parse_mesh_spec("fsdp=4") == (0, 4)
-    with pytest.raises(UserError, match="expected data=N,fsdp=M"):
-        shard.parse_mesh_spec("data=two")
 
 
 def test_partition_rule_splits_the_largest_divisible_dimension():

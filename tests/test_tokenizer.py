@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from lumi_jax.data.text import read_text_file
-from lumi_jax.errors import UserError
 from lumi_jax.data.template import RESPONSE_MARKER, TEMPLATE_MARKERS, format_prompt
+from lumi_jax.data.text import read_text_file
 from lumi_jax.data.tokenizer import BOS_ID, EOS_ID, UNK_ID, Tokenizer, train_tokenizer
+from lumi_jax.errors import UserError
 
 WAR_AND_PEACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "war_and_peace.txt"
 

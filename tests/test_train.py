@@ -18,12 +18,8 @@ from lumi_jax.data import loader
 from lumi_jax.model import forward
 from lumi_jax.optim import learning_rate_schedule, make_optimizer
 from lumi_jax.runs import load_run
-from lumi_jax.train import (
-    initial_state,
-    jit_train_step,
-    make_eval_step,
-    train,
-)
+from lumi_jax.step import initial_state, jit_train_step, make_eval_step
+from lumi_jax.train import train
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")  # compiled steps shared through the cache
 
@@ -97,8 +93,8 @@ def test_loss_scores_position_t_against_the_given_target_without_shifting_again(
     expected = -np.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
     weights = np.ones(targets.shape, np.float32)
     weights[:, ::3] = 0  # masked positions must not count
-    nats, count = make_eval_step(micro_config)(params, jnp.asarray(inputs), jnp.asarray(targets),
-                                               jnp.asarray(weights))
+    nats, count = make_eval_step(micro_config)(params, {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets),
+                                                         "weights": jnp.asarray(weights)})
     assert float(count) == weights.sum()
     assert float(nats) == pytest.approx(float((expected * weights).sum()), rel=1e-5)
 

@@ -7,8 +7,8 @@ import argparse
 import numpy as np
 
 from lumi_jax.data.loader import TokenDataset
-from lumi_jax.errors import UserError
 from lumi_jax.data.tokenizer import Tokenizer
+from lumi_jax.errors import UserError
 
 
 def summary_lines(dataset: TokenDataset) -> list[str]:

@@ -12,7 +12,7 @@ systematic answers a ~6M model can learn:
 Nine tasks with answers of one to eight tokens: what a ~6M model fine-tuned for 15 minutes on
 a 2-core CPU can learn (a first version with longer answers - reversed lists, JSON, bullet
 lists, subtraction, neighbours of two-digit numbers - reached 3% in that budget). Answers keep
-each copied word space-prefixed, as it is in the input (see the template in lumi_jax/sft.py).
+each copied word space-prefixed, as it is in the input (see the template in lumi_jax/data/template.py).
 
 Held-out split = UNSEEN COMBINATIONS. Every example has a *combination*: the pairing of parts
 it tests, e.g. (add, phrasing 2, 3, 4) or (color question, Lily, red). A seeded hash puts about
@@ -24,7 +24,7 @@ never answered a color question about Lily with that color.
 
 Instruction JSONL (a `lumi prepare` path source): alpaca-style records
 {"instruction", "input" (optional), "output"}, or chat records {"messages": [{"role", "content"},
-...]}; a chat gives one example per assistant turn (see lumi_jax/sft.py for the template).
+...]}; a chat gives one example per assistant turn (see lumi_jax/data/template.py for the template).
 """
 
 from __future__ import annotations
@@ -39,15 +39,15 @@ from pathlib import Path
 import numpy as np
 
 from lumi_jax.data import sample_corpus as world
+from lumi_jax.data.loader import TokenDataset
 from lumi_jax.data.sources import (
     Corpus,
     Document,
     SourceOptions,
-    register_jsonl_format,
-    register_source,
 )
-from lumi_jax.errors import UserError
 from lumi_jax.data.template import CHAT_ROLES, chat_examples, format_example, format_prompt
+from lumi_jax.data.tokenizer import BOS_ID, Tokenizer
+from lumi_jax.errors import UserError
 
 DEFAULT_TRAIN_EXAMPLES = 30_000
 DEFAULT_VAL_EXAMPLES = 400
@@ -273,11 +273,6 @@ def _write_sample_val_examples(directory: Path, val: Sequence[Example]) -> dict:
     return {"val_examples_file": VAL_EXAMPLES_FILE}
 
 
-register_source("sample-instructions", load_sample_instructions,
-                f"generated instruction/response pairs with held-out unseen combinations "
-                f"(default {DEFAULT_TRAIN_EXAMPLES:,} examples; --size-mb)")
-
-
 # ---------------------------------------------------------------------------------------------
 # Instruction JSONL records.
 
@@ -313,8 +308,6 @@ def chat_record(record: dict) -> list[Document] | None:
     return [Document(((prompt, False), (target, True))) for prompt, target in examples]
 
 
-register_jsonl_format("alpaca", alpaca_record, "instructions")
-register_jsonl_format("messages", chat_record, "instructions")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,8 +331,6 @@ def held_out_examples(dataset_dir: str | Path) -> list[dict]:
     """The held-out examples of an instruction dataset: dicts with "prompt" and "response" (and,
     for sample-instructions, "family" and "task"). Read from val_examples.jsonl when `lumi
     prepare` wrote one, else decoded from val.bin and its mask (any instruction dataset)."""
-    from lumi_jax.data.loader import TokenDataset
-
     dataset = TokenDataset(dataset_dir)
     if dataset.meta["kind"] != "instructions":
         raise UserError(f"{dataset_dir}: is a {dataset.meta['kind']} dataset, not instructions; prepare one with "
@@ -352,8 +343,6 @@ def held_out_examples(dataset_dir: str | Path) -> list[dict]:
 
 def decode_examples(dataset, split_name: str) -> list[dict]:
     """Split a packed instruction split back into examples: BOS, prompt (mask 0), response (mask 1), EOS."""
-    from lumi_jax.data.tokenizer import BOS_ID, Tokenizer
-
     split = dataset.split(split_name)
     if split.mask is None:
         raise UserError(f"{dataset.path}: the {split_name} split has no loss mask; prepare it again as instruction data")

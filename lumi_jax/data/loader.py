@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from lumi_jax.errors import UserError
 from lumi_jax.data.tokenizer import BOS_ID
+from lumi_jax.errors import UserError
 
 SUPPORTED_FORMAT_VERSIONS = (1,)
 SPLITS = ("train", "val")
@@ -37,6 +37,20 @@ class Batch(NamedTuple):
     inputs: np.ndarray  # int32 (B, T): the tokens the model reads
     targets: np.ndarray  # int32 (B, T): the next token at each position
     weights: np.ndarray  # float32 (B, T): 1 where the target counts in the loss, 0 for padding/masked
+    segments: np.ndarray | None = None  # int32 (B, T) for packed instruction examples: each BOS starts one
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The batch as the train and eval steps take it (segments only when there are examples)."""
+        fields = {"inputs": self.inputs, "targets": self.targets, "weights": self.weights}
+        if self.segments is not None:
+            fields["segments"] = self.segments
+        return fields
+
+
+def example_segments(inputs_BT: np.ndarray) -> np.ndarray:
+    """Segment ids of packed examples: each BOS starts a new one, so examples do not attend to
+    each other (the model's `segments_BT`)."""
+    return np.cumsum(np.asarray(inputs_BT) == BOS_ID, axis=1, dtype=np.int32)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -149,7 +163,9 @@ def _windows(split: TokenSplit, starts: np.ndarray, context: int) -> Batch:
         weights_BT = np.ones((len(starts), context), np.float32)
     else:
         weights_BT = np.asarray(split.mask[index_BW[:, 1:]], dtype=np.float32)
-    return Batch(window_BW[:, :-1], window_BW[:, 1:], weights_BT)
+    inputs_BT = window_BW[:, :-1]
+    segments_BT = example_segments(inputs_BT) if split.example_starts is not None else None
+    return Batch(inputs_BT, window_BW[:, 1:], weights_BT, segments_BT)
 
 
 def train_window_starts(split_length: int, *, seed: int, step: int, batch_size: int, context: int,
@@ -224,4 +240,5 @@ def validation_batches(split: TokenSplit, *, batch_size: int, context: int,
             inputs[row, :n] = window[:-1]
             targets[row, :n] = window[1:]
             weights[row, :n] = 1.0 if split.mask is None else split.mask[start + 1:end]
-        yield Batch(inputs, targets, weights)
+        segments = example_segments(inputs) if split.example_starts is not None else None
+        yield Batch(inputs, targets, weights, segments)

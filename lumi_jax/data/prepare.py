@@ -26,10 +26,11 @@ import numpy as np
 
 import lumi_jax
 from lumi_jax.config import load_model_config
-from lumi_jax.data.sources import Corpus, Document, SourceOptions, describe_sources, load_corpus
+from lumi_jax.data.catalog import describe_sources, load_corpus
+from lumi_jax.data.sources import Corpus, Document, SourceOptions
 from lumi_jax.data.text import ERROR_MODES, check_error_mode
-from lumi_jax.errors import UserError
 from lumi_jax.data.tokenizer import BOS_ID, EOS_ID, Tokenizer, train_tokenizer
+from lumi_jax.errors import UserError
 
 FORMAT_VERSION = 1
 DEFAULT_MODEL = "tiny"  # the default vocabulary size is this model config's

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from lumi_jax.data.sources import Corpus, Document, SourceOptions, register_source
+from lumi_jax.data.sources import Corpus, Document, SourceOptions
 from lumi_jax.errors import UserError
 
 DEFAULT_SIZE_MB = 4.0
@@ -476,6 +476,3 @@ def load_sample(spec: str, options: SourceOptions) -> Corpus:
     return Corpus(documents=[Document.of_text(s) for s in stories], kind="text",
                   source=f"sample(size_mb={size_mb:g}, seed={options.seed})",
                   details={"generator": "lumi_jax.data.sample_corpus", "size_mb": size_mb})
-
-
-register_source("sample", load_sample, f"generated short stories (default {DEFAULT_SIZE_MB:g} MB; --size-mb)")

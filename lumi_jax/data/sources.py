@@ -1,15 +1,14 @@
-"""Where text comes from: named sources (a registry), files and globs, JSONL, and TFDS.
+"""Where text comes from: files and globs, JSONL, and TFDS (the named sources are in catalog.py).
 
 A source turns a SOURCE string into a `Corpus`: a list of `Document`s, a kind ("text" or
 "instructions"), and optionally its own validation documents (a source that knows better than a
 random split, such as held-out combinations of instructions, supplies them).
 
-How to add a source kind:
+How to add a source kind (both are rows of the tables in catalog.py):
 - a named source (like `sample`): write `def load(spec: str, options: SourceOptions) -> Corpus`
-  and call `register_source("name", load, "one-line help")` in a module listed in
-  `_PLUGIN_MODULES` below (imported lazily when the registry is first consulted);
+  and add it to `catalog.NAMED_SOURCES` with a one-line help;
 - a JSONL record shape (like `{"text": ...}`): write `def to_document(record) -> Document | None`
-  (None: not this shape) and call `register_jsonl_format("name", to_document, kind)`.
+  (None: not this shape) and add it, with its kind, to `catalog.JSONL_FORMATS`.
 A document made of segments `(text, is_target)` gets a loss mask (train_mask.bin / val_mask.bin):
 1 on tokens from target segments, 0 on the others. A source that needs more files in the dataset
 directory (held-out examples, say) sets `Corpus.write_extra_files`.
@@ -19,13 +18,18 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from lumi_jax.data.text import TextStats, decode_utf8, read_text_file, split_documents
+from lumi_jax.data.text import (
+    TextStats,
+    decode_utf8,
+    normalise_text,
+    read_text_file,
+    split_documents,
+)
 from lumi_jax.errors import UserError
 
 TEXT_SUFFIXES = (".txt", ".md")
@@ -72,65 +76,16 @@ class SourceOptions:
 
 
 SourceLoader = Callable[[str, SourceOptions], Corpus]
-_SOURCES: dict[str, tuple[SourceLoader, str]] = {}
-_JSONL_FORMATS: dict[str, tuple[Callable[[dict], Document | None], str]] = {}
-# Modules that register sources when imported; imported the first time a source is looked up.
-# A module that does not exist (yet) is skipped; any other import error is raised.
-_PLUGIN_MODULES = ("lumi_jax.data.sample_corpus", "lumi_jax.data.instructions")
-_plugins_loaded = False
-
-
-def register_source(name: str, loader: SourceLoader, help_text: str) -> None:
-    _SOURCES[name] = (loader, help_text)
-
-
-def register_jsonl_format(name: str, to_document: Callable[[dict], Document | None], kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}")
-    _JSONL_FORMATS[name] = (to_document, kind)
-
-
-def _load_plugins() -> None:
-    global _plugins_loaded
-    if not _plugins_loaded:
-        _plugins_loaded = True
-        for module in _PLUGIN_MODULES:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as error:
-                if error.name != module:
-                    raise
-
-
-def named_sources() -> dict[str, str]:
-    _load_plugins()
-    return {name: help_text for name, (_, help_text) in _SOURCES.items()}
-
-
-def describe_sources() -> str:
-    names = ", ".join(named_sources())
-    return (f"one of: {names}; a .txt/.md file, a directory, a glob or a .jsonl file; "
-            "or tfds:NAME[:SPLIT]")
-
-
-def load_corpus(spec: str, options: SourceOptions) -> Corpus:
-    """Resolve a SOURCE string to a corpus; every failure is a UserError naming the fix."""
-    _load_plugins()
-    if spec in _SOURCES:
-        loader, _ = _SOURCES[spec]
-        return loader(spec, options)
-    if spec.startswith("tfds:"):
-        return load_tfds(spec, options)
-    if options.size_mb is not None:
-        raise UserError(f"--size-mb applies to generated sources only, not '{spec}'; leave it out")
-    return load_paths(spec, options)
+# name -> (fn(record) -> Document | list[Document] | None, kind): the record shapes a .jsonl may hold.
+JsonlFormats = Mapping[str, tuple[Callable[[dict], Any], str]]
+PATH_SOURCES = "a .txt/.md file, a directory, a glob or a .jsonl file; or tfds:NAME[:SPLIT]"
 
 
 # ---------------------------------------------------------------------------------------------
 # Files: a .txt/.md file, a directory (recursive), a glob, or a .jsonl file.
 
 
-def resolve_paths(spec: str) -> list[Path]:
+def resolve_paths(spec: str, describe: str = PATH_SOURCES) -> list[Path]:
     path = Path(spec).expanduser()
     if any(ch in spec for ch in "*?["):
         matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
@@ -145,18 +100,18 @@ def resolve_paths(spec: str) -> list[Path]:
         return files
     if path.exists():
         return [path]
-    raise UserError(f"{spec}: no such file, directory or source; give {describe_sources()}")
+    raise UserError(f"{spec}: no such file, directory or source; give {describe}")
 
 
-def load_paths(spec: str, options: SourceOptions) -> Corpus:
-    files = resolve_paths(spec)
+def load_paths(spec: str, options: SourceOptions, formats: JsonlFormats, describe: str = PATH_SOURCES) -> Corpus:
+    files = resolve_paths(spec, describe)
     documents: list[Document] = []
     stats = TextStats()
     kinds: set[str] = set()
     empty_files = 0
     for path in files:
         if path.suffix.lower() == ".jsonl":
-            file_documents, file_stats, kind = read_jsonl(path, options.errors)
+            file_documents, file_stats, kind = read_jsonl(path, formats, options.errors)
             kinds.add(kind)
         else:
             text, file_stats = read_text_file(path, options.errors)
@@ -178,30 +133,25 @@ def load_paths(spec: str, options: SourceOptions) -> Corpus:
                            "file_count": len(files), "empty_files_skipped": empty_files})
 
 
-def _text_record(record: dict) -> Document | None:
+def text_record(record: dict) -> Document | None:
+    """The plain-text record shape: {"text": "..."}."""
     text = record.get("text")
     if isinstance(text, str):
         return Document.of_text(text)
     return None
 
 
-register_jsonl_format("text", _text_record, "text")
-
-
-def _match_jsonl_format(record: dict) -> tuple[Document | None, str]:
-    """The first registered record shape that accepts the record, as (document, kind)."""
-    for to_document, kind in _JSONL_FORMATS.values():
+def match_jsonl_format(record: dict, formats: JsonlFormats) -> tuple[Document | None, str]:
+    """The first record shape that accepts the record, as (document, kind)."""
+    for to_document, kind in formats.values():
         document = to_document(record)
         if document is not None:
             return document, kind
     return None, ""
 
 
-def read_jsonl(path: Path, errors: str = "strict") -> tuple[list[Document], TextStats, str]:
-    """Each line one JSON object, in any registered record shape; all lines must share a kind."""
-    from lumi_jax.data.text import normalise_text
-
-    _load_plugins()  # record shapes registered by plugin modules
+def read_jsonl(path: Path, formats: JsonlFormats, errors: str = "strict") -> tuple[list[Document], TextStats, str]:
+    """Each line one JSON object, in one of the record shapes `formats`; all lines share a kind."""
     if not path.exists():
         raise UserError(f"{path}: no such file; check the path")
     content, stats = decode_utf8(path.read_bytes(), str(path), errors)
@@ -218,11 +168,11 @@ def read_jsonl(path: Path, errors: str = "strict") -> tuple[list[Document], Text
         if not isinstance(record, dict):
             raise UserError(f"{path}: line {line_number} is not a JSON object; each line must be one object")
         try:
-            document, kind = _match_jsonl_format(record)
+            document, kind = match_jsonl_format(record, formats)
         except UserError as error:  # a record of a known shape with a bad field
             raise UserError(f"{path}: line {line_number}: {error}") from None
         if document is None:
-            shapes = ", ".join(_JSONL_FORMATS)
+            shapes = ", ".join(formats)
             raise UserError(f"{path}: line {line_number} has no recognised fields "
                             f"(keys: {', '.join(sorted(record)) or 'none'}); records need one of the shapes: {shapes} "
                             "(e.g. a string field 'text')")

@@ -39,7 +39,7 @@ RESPONSE_MARKER = "Answer:"  # the prompt ends here; the target starts with a sp
 LINE_BREAK = "\n"
 # Every tokenizer lumi trains holds these as single pieces (SentencePiece user-defined symbols),
 # as chat models reserve tokens for their templates: one token per header instead of 3 to 5 byte
-# and letter pieces when the pretraining text never had them (see lumi_jax/tokenizer.py).
+# and letter pieces when the pretraining text never had them (see lumi_jax/data/tokenizer.py).
 TEMPLATE_MARKERS = (INSTRUCTION_HEADER, INPUT_HEADER, RESPONSE_MARKER, SYSTEM_HEADER)
 CHAT_ROLES = ("system", "user", "assistant")
 

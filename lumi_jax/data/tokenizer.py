@@ -20,6 +20,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from lumi_jax.data.template import TEMPLATE_MARKERS
 from lumi_jax.errors import UserError
 
 UNK_ID = 0
@@ -132,7 +133,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: str | Path,
 def _train_bytes(lines: list[str], vocab_size: int) -> bytes:
     import io
 
-    from lumi_jax.data.template import TEMPLATE_MARKERS
 
     model = io.BytesIO()
     try:

@@ -127,7 +127,7 @@ def experiment_steps(args: argparse.Namespace) -> list[Step]:
 
 def evaluation_session_steps(args: argparse.Namespace) -> list[Step]:
     return [
-        Step("find the run", lambda ctx: s.find_run(ctx, args.model), 1, "MODEL_PATH, or the latest run"),
+        Step("find the run", lambda ctx: s.find_run(ctx, args.run), 1, "MODEL_PATH, or the latest run"),
         Step("evaluate", lambda ctx: s.evaluate_run(ctx, quick=False), 6,
              "the whole validation split: loss, perplexity, bits per byte, baselines, samples, exact match"),
         Step("assess", s.assess_runs, 2, "findings from the evidence, with recommendations and a grade"),

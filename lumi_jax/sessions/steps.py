@@ -305,17 +305,17 @@ def fine_tune_run(ctx: StepContext, train_config: TrainConfig, *, from_key: str 
     return report
 
 
-def find_run(ctx: StepContext, model_path: Path | None) -> None:
+def find_run(ctx: StepContext, run_path: Path | None) -> None:
     """MODEL_PATH, or the most recently changed run under runs/."""
     from lumi_jax.runs import is_run, latest_run
 
-    run_dir = Path(model_path) if model_path is not None else latest_run(RUNS_DIR)
+    run_dir = Path(run_path) if run_path is not None else latest_run(RUNS_DIR)
     if not is_run(run_dir):
-        raise UserError(f"MODEL_PATH / --model {run_dir}: not a lumi run (no config.json); "
+        raise UserError(f"MODEL_PATH / --run {run_dir}: not a lumi run (no config.json); "
                         "give a directory made by lumi train or a session (see `make session-status`)")
     ctx.state["run"] = run_dir
     ctx.session.set_output("run", run_dir)
-    chosen = "given" if model_path is not None else "the latest run"
+    chosen = "given" if run_path is not None else "the latest run"
     ctx.console.print(f"evaluating {run_dir} ({chosen})")
     ctx.metrics.update(run=str(run_dir), headline=f"{run_dir} ({chosen})")
 
