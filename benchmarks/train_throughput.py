@@ -58,17 +58,17 @@ def measure(model_name: str, batch_size: int, context: int, dtype: str, steps: i
     mesh = shard.make_mesh()
     optimizer = make_optimizer(config)
     state, shardings = initial_state(model, config, optimizer, mesh)
-    step_fn = jit_train_step(model, config, optimizer, mesh, shardings)
+    step_fn = jit_train_step(model, config, mesh, shardings)
     rng = np.random.default_rng(0)
     tokens = rng.integers(3, model.vocab_size, size=(batch_size, context + 1), dtype=np.int32)
     batch = shard.put_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
                              "weights": np.ones((batch_size, context), np.float32)}, mesh)
 
     started = time.perf_counter()
-    compiled = step_fn.lower(jax.eval_shape(lambda: state), jax.eval_shape(lambda: batch)).compile()
+    compiled = step_fn.lower(jax.eval_shape(lambda: state), jax.eval_shape(lambda: batch), None).compile()
     compile_s = time.perf_counter() - started
     for _ in range(warmup):
-        state, metrics = compiled(state, batch)
+        state, metrics = compiled(state, batch, None)
     jax.block_until_ready(metrics)
 
     times = []
@@ -76,7 +76,7 @@ def measure(model_name: str, batch_size: int, context: int, dtype: str, steps: i
     cpu_started = time.process_time()
     for _ in range(steps):
         started = time.perf_counter()
-        state, metrics = compiled(state, batch)
+        state, metrics = compiled(state, batch, None)
         jax.block_until_ready(metrics["loss"])
         times.append(time.perf_counter() - started)
     cpu_s = time.process_time() - cpu_started

@@ -226,6 +226,7 @@ def config_hash(data: Any) -> str:
 # Training settings (a recipe in config/recipes/*.json is a TrainConfig; CLI flags override it).
 
 RECIPES_DIR = CONFIG_DIR / "recipes"
+SCHEDULES = ("auto", "cosine", "wsd")
 
 
 def setting(default: Any, help: str) -> Any:
@@ -245,7 +246,12 @@ class TrainConfig:
     steps: int = setting(1000, "optimizer updates (each sees batch_size sequences)")
     lr: float = setting(1e-3, "peak learning rate, reached at the end of warmup")
     warmup: int = setting(100, "linear warmup steps from 0 to lr")
-    min_lr: float = setting(1e-4, "learning-rate floor of the cosine decay, reached at the last step")
+    min_lr: float = setting(1e-4, "learning-rate floor, reached at the last step")
+    schedule: str = setting("auto", "the learning rate after warmup: cosine (decays to min_lr at `steps`), wsd "
+                                    "(constant, then a linear decay to min_lr over the last decay_fraction of the "
+                                    "run; with a time budget the run is sized to end its decay at the deadline), "
+                                    "or auto (wsd when there is a time budget, cosine otherwise)")
+    decay_fraction: float = setting(0.2, "wsd: the share of the run's steps spent decaying to min_lr")
     copy_warmup_steps: int = setting(0, "a fresh run first trains this many steps on synthetic copying, so "
                                         "attention learns to read back (copy_warmup.py); 0 skips it")
 
@@ -297,6 +303,10 @@ class TrainConfig:
         if self.warmup >= self.steps:
             fail("warmup", f"({self.warmup}) is not shorter than steps ({self.steps})",
                  "use fewer warmup steps than training steps")
+        if self.schedule not in SCHEDULES:
+            fail("schedule", f"is '{self.schedule}'", f"use one of {', '.join(SCHEDULES)}")
+        if not 0 < self.decay_fraction <= 1:
+            fail("decay_fraction", f"is {self.decay_fraction}", "use a share in (0, 1], typically 0.2")
         if not (0 < self.lr and math.isfinite(self.lr)):
             fail("lr", f"is {self.lr}", "use a positive learning rate, typically 1e-4 to 3e-3")
         if not 0 <= self.min_lr <= self.lr:
@@ -315,6 +325,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def resolved_schedule(self) -> str:
+        """cosine or wsd: what `auto` means for these settings."""
+        if self.schedule != "auto":
+            return self.schedule
+        return "wsd" if self.time_budget_minutes is not None else "cosine"
 
 
 def train_config_from_dict(data: Any, source: str) -> TrainConfig:

@@ -27,6 +27,7 @@ SPAN = 64  # tokens in the random span; a row is the span twice
 FIRST_ORDINARY_ID = 3  # after unk, bos and eos
 LR_WARMUP_STEPS = 20
 PROGRESS_EVERY = 50  # steps between the warm-up's progress lines
+BUDGET_SHARE = 0.25  # with a time budget, the warm-up takes at most this share of the time left
 
 
 def copy_rows(rng: np.random.Generator, rows: int, span: int, vocab_size: int) -> dict[str, np.ndarray]:
@@ -50,7 +51,8 @@ def warmup_config(train_config: TrainConfig, context: int) -> tuple[TrainConfig,
     steps = train_config.copy_warmup_steps
     config = dataclasses.replace(
         train_config, steps=steps, batch_size=rows, context=2 * span,  # grad_accum kept: rows divide by it
-        warmup=min(LR_WARMUP_STEPS, steps - 1), min_lr=train_config.lr, weight_decay=0.0, grad_clip=0.0)
+        warmup=min(LR_WARMUP_STEPS, steps - 1), min_lr=train_config.lr, weight_decay=0.0, grad_clip=0.0,
+        schedule="cosine")  # from lr to min_lr = lr: constant after the warmup
     return config, span
 
 

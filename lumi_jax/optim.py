@@ -1,9 +1,18 @@
-"""The optimiser: one Optax chain of global-norm clipping and AdamW on a warmup + cosine schedule.
+"""The optimiser: one Optax chain of global-norm clipping and AdamW, and its learning-rate schedule.
 
-    lr(step) = lr · step / warmup                                    for step ≤ warmup
-             = min_lr + (lr − min_lr) · ½(1 + cos(π · (step − warmup) / (steps − warmup)))  after
+Two shapes after a linear warmup from 0 to `lr`:
 
-so the schedule reaches `lr` exactly at the end of warmup and `min_lr` exactly at the last step.
+    cosine   lr(step) = min_lr + (lr − min_lr) · ½(1 + cos(π · (step − warmup) / (steps − warmup)))
+             reaching `min_lr` exactly at `steps`;
+    wsd      warmup-stable-decay: `lr` held until `decay_start`, then a straight line down to
+             `min_lr`, reached by the last update (step `decay_end` − 1), and `min_lr` after.
+
+A WSD run's decay is placed by a `SchedulePlan`: over the last `decay_fraction` of `steps`, or,
+when the run has a time budget, over the last share of the steps that fit in the budget (the
+trainer measures its step time after a few steps and decides; see train.py). The plan is two
+integers passed to the step as arrays, so deciding it never recompiles the step, and it is
+recorded in every checkpoint, so a resumed run follows the same schedule bit for bit.
+
 Weight decay applies to matrices (embeddings and projections, ndim ≥ 2) and never to the
 RMSNorm scales: decaying a norm's gain towards 0 only fights the normalisation.
 
@@ -15,20 +24,60 @@ the whole batch (optax.MultiSteps averages per-micro-batch means instead).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 import optax
 
 from lumi_jax.config import TrainConfig
 
 
-def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=config.lr,
-        warmup_steps=config.warmup,
-        decay_steps=config.steps,  # counts the warmup too: the floor is reached at `steps`
-        end_value=config.min_lr,
-    )
+@dataclasses.dataclass(frozen=True)
+class SchedulePlan:
+    """Where a WSD schedule decays: from update `decay_start` to `decay_end` (the run's last step)."""
+
+    decay_start: int
+    decay_end: int
+
+    @classmethod
+    def over_steps(cls, config: TrainConfig, total_steps: int | None = None) -> SchedulePlan:
+        """The decay over the last `decay_fraction` of `total_steps` (default: the config's steps),
+        never starting before the warmup ends."""
+        total = config.steps if total_steps is None else total_steps
+        decay = max(1, round(config.decay_fraction * total))
+        return cls(decay_start=max(config.warmup, total - decay), decay_end=total)
+
+    def arrays(self) -> dict[str, jax.Array]:
+        return {"decay_start": jnp.int32(self.decay_start), "decay_end": jnp.int32(self.decay_end)}
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def learning_rate_schedule(config: TrainConfig, plan: dict | None = None) -> optax.Schedule:
+    """lr as a function of the update count. `plan`: {"decay_start", "decay_end"} (ints or traced
+    int32 arrays) for a WSD schedule; cosine ignores it."""
+    if config.resolved_schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=config.lr,
+            warmup_steps=config.warmup,
+            decay_steps=config.steps,  # counts the warmup too: the floor is reached at `steps`
+            end_value=config.min_lr,
+        )
+    plan = plan if plan is not None else SchedulePlan.over_steps(config).to_dict()
+
+    def wsd(count):
+        count = jnp.asarray(count, jnp.float32)
+        start = jnp.asarray(plan["decay_start"], jnp.float32)
+        last = jnp.maximum(jnp.asarray(plan["decay_end"], jnp.float32) - 1.0, start)  # the last update
+        warming = config.lr * count / max(config.warmup, 1)
+        done = jnp.clip((count - start) / jnp.maximum(last - start, 1.0), 0.0, 1.0)
+        decaying = config.lr + (config.min_lr - config.lr) * done
+        return jnp.where(count < config.warmup, warming, jnp.where(count < start, config.lr, decaying))
+
+    return wsd
 
 
 def decay_mask(params):
@@ -36,9 +85,11 @@ def decay_mask(params):
     return jax.tree.map(lambda leaf: leaf.ndim >= 2, params)
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(config: TrainConfig, plan: dict | None = None) -> optax.GradientTransformation:
+    """The chain. Its state has the same structure whatever the schedule, so the train step may
+    build it again around a traced `plan` (step.py) and update a state made here."""
     adamw = optax.adamw(
-        learning_rate=learning_rate_schedule(config),
+        learning_rate=learning_rate_schedule(config, plan),
         b1=config.beta1,
         b2=config.beta2,
         weight_decay=config.weight_decay,

@@ -39,6 +39,8 @@ from lumi_jax.model import param_shapes
 # Settings that change what is computed: a resume must keep them, or it is a different run.
 RESUME_LOCKED_FIELDS = ("batch_size", "grad_accum", "context", "lr", "warmup", "min_lr",
                         "weight_decay", "beta1", "beta2", "grad_clip", "seed", "dtype")
+# Also kept on resume, with the value a run made before the field existed had.
+SCHEDULE_FIELDS = {"schedule": "cosine", "decay_fraction": 0.2}
 
 
 @dataclasses.dataclass
@@ -166,6 +168,13 @@ def check_resume_matches(stored: dict, model_config: ModelConfig, train_config: 
                 f"{source}: the run was trained with {field}={json.dumps(stored_train.get(field))}, "
                 f"not {json.dumps(getattr(train_config, field))}; resume with the same setting, "
                 "or train into a new --out directory"
+            )
+    for field, before_it_existed in SCHEDULE_FIELDS.items():  # not in the identity hash: older runs still resume
+        stored_value = stored_train.get(field, before_it_existed)
+        if stored_value != getattr(train_config, field):
+            raise UserError(
+                f"{source}: the run was trained with {field}={json.dumps(stored_value)}, not "
+                f"{json.dumps(getattr(train_config, field))}; resume with the same setting, or train into a new --out directory"
             )
     if stored.get("lora") != trained_record:
         what = f"LoRA rank {stored['lora']['rank']}" if stored.get("lora") else "full training"

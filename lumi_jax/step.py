@@ -31,7 +31,7 @@ from lumi_jax import sharding as shard
 from lumi_jax.config import ModelConfig, TrainConfig
 from lumi_jax.errors import UserError
 from lumi_jax.model import forward, init_params
-from lumi_jax.optim import learning_rate_schedule
+from lumi_jax.optim import learning_rate_schedule, make_optimizer
 
 BATCH_FIELDS = ("inputs", "targets", "weights")  # plus "segments" for packed instruction examples
 
@@ -185,19 +185,22 @@ def initial_state(model_config, train_config, optimizer, mesh, given_params=None
     return jax.jit(make_state, out_shardings=shardings)(params), shardings
 
 
-def make_train_step(model_config: ModelConfig, train_config: TrainConfig, optimizer, mesh,
+def make_train_step(model_config: ModelConfig, train_config: TrainConfig, mesh,
                     window_target_limit: int | None = None, trained_kind: Trained = FULL_TRAINING):
-    """fn(state, batch) -> (state, metrics): one update over the global batch.
+    """fn(state, batch, plan=None) -> (state, metrics): one update over the global batch.
 
+    `plan`: where a WSD schedule decays ({"decay_start", "decay_end"} int32 arrays; see optim.py);
+    None means over the config's steps. The optimizer is built around it here, at trace time.
     `window_target_limit`: the most weighted targets any training window holds, when that is
     well under the window (instruction data): the loss then runs the head on those only.
     """
     accum = train_config.grad_accum
     scored_limit = None if window_target_limit is None else window_target_limit * (train_config.batch_size // accum)
-    schedule = learning_rate_schedule(train_config)
     micro_sharding = NamedSharding(mesh, PartitionSpec(None, shard.BATCH_AXES))
 
-    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    def train_step(state: TrainState, batch: dict[str, jax.Array], plan: dict | None = None):
+        optimizer = make_optimizer(train_config, plan)
+        schedule = learning_rate_schedule(train_config, plan)
         # Dividing each micro-batch's Σ nats by the WHOLE batch's weight makes the summed
         # gradients exactly those of the weighted mean over the batch, however it is split.
         total_weight = jnp.maximum(jnp.sum(batch["weights"].astype(jnp.float32)), 1.0)
@@ -240,11 +243,11 @@ def make_train_step(model_config: ModelConfig, train_config: TrainConfig, optimi
     return train_step
 
 
-def jit_train_step(model_config, train_config, optimizer, mesh, state_shardings, window_target_limit=None,
+def jit_train_step(model_config, train_config, mesh, state_shardings, window_target_limit=None,
                    trained_kind: Trained = FULL_TRAINING):
     """The step as training runs it: placed by the sharding rule, the state donated."""
-    return jax.jit(make_train_step(model_config, train_config, optimizer, mesh, window_target_limit, trained_kind),
-                   in_shardings=(state_shardings, shard.batch_sharding(mesh)),
+    return jax.jit(make_train_step(model_config, train_config, mesh, window_target_limit, trained_kind),
+                   in_shardings=(state_shardings, shard.batch_sharding(mesh), shard.replicated(mesh)),
                    out_shardings=(state_shardings, shard.replicated(mesh)),
                    donate_argnums=0)
 

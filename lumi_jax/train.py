@@ -61,7 +61,7 @@ from lumi_jax.metrics import (
     tensorboard_writer_class,
 )
 from lumi_jax.model import param_shapes
-from lumi_jax.optim import make_optimizer
+from lumi_jax.optim import SchedulePlan, make_optimizer
 from lumi_jax.runs import check_resume_matches, run_identity_hash, versions
 from lumi_jax.step import (
     FULL_TRAINING,
@@ -73,6 +73,11 @@ from lumi_jax.step import (
     make_eval_step,
     new_state,
 )
+
+PLAN_AFTER_STEPS = 6  # steps a time-budgeted run times before it sizes itself to the deadline
+PLAN_MARGIN = 0.95  # of the time left: the decay ends before the deadline, not cut by it
+REPLAN_EVERY = 10  # steps between re-sizings while the learning rate is constant
+EVAL_COST_PER_BATCH = 0.4  # an evaluation batch, in train steps (a forward pass, ~1/3 of one), until measured
 
 
 def open_dataset(data_path: Path, model_config: ModelConfig, context: int):
@@ -176,8 +181,10 @@ class Trainer:
         self.optimizer = make_optimizer(train_config)
         self.identity_hash = run_identity_hash(self.model_config, train_config, trained_kind.record())
         self.train_split, self.val_split = self.dataset.split("train"), self.dataset.split("val")
-        self.step_times: list[float] = []
+        self.step_times: list[float] = []  # device step times (dispatch to metrics): throughput
+        self.iteration_times: list[float] = []  # wall time per loop iteration, evaluations apart: the budget
         self.eval_seconds = 0.0  # the last evaluation's duration, kept back from the time budget
+        self.eval_total_s = 0.0
         self.last_loss = self.last_val = None
         self.stop_reason, self.message, self.signal_name = "completed", "", None
 
@@ -198,6 +205,14 @@ class Trainer:
         run_dir, config_path = self.run_dir, self.run_dir / "config.json"
         existing = config_path.exists()
         stored = read_json(config_path) if existing else {}
+        if self.train_config.schedule == "auto":  # recorded as what it resolves to, so a resume keeps it
+            chosen = (stored.get("train", {}).get("schedule", "cosine") if existing
+                      else self.train_config.resolved_schedule)
+            self.train_config = dataclasses.replace(self.train_config, schedule=chosen)
+        # Where a WSD schedule decays: decided now, or, with a time budget, after a few timed steps.
+        self.plan = SchedulePlan.over_steps(self.train_config)
+        self.time_aware = self.train_config.schedule == "wsd" and self.train_config.time_budget_minutes is not None
+        self.plan_decided = self.plan_frozen = not self.time_aware
         if existing:
             check_resume_matches(stored, self.model_config, self.train_config, self.dataset, run_dir,
                                  self.trained_kind.record())
@@ -266,6 +281,10 @@ class Trainer:
             raise UserError(f"{self.run_dir}: the checkpoint at step {meta.get('step')} belongs to another "
                             "configuration; train into a new --out directory")
         self.start_step = int(meta["step"])
+        if "schedule" in meta:
+            recorded = dict(meta["schedule"])
+            self.plan_frozen = recorded.pop("frozen", True)
+            self.plan, self.plan_decided = SchedulePlan(**recorded), True
         trained, opt_state = kind.from_resume_item(restored["params"], restored["opt_state"])
         frozen = None
         if self.init_params is not None and kind.record() is not None:  # LoRA: the base, placed as before
@@ -283,19 +302,23 @@ class Trainer:
                                                          jax.process_index(), jax.process_count())
         optimizer = make_optimizer(config)
         self.state, shardings = initial_state(self.model_config, config, optimizer, self.mesh)
-        step_fn = jit_train_step(self.model_config, config, optimizer, self.mesh, shardings)
+        step_fn = jit_train_step(self.model_config, config, self.mesh, shardings)
         started = time.perf_counter()
         progress: dict[str, float] = {"copy_nats": float("nan")}
 
         def after_update(step: int, metrics: dict, _step_time: float) -> None:
-            if step % copy_warmup.PROGRESS_EVERY == 0 or step == config.steps:
+            if step == PLAN_AFTER_STEPS and self.stopwatch.left() is not None:
+                # With a time budget the warm-up takes at most its share of what is left.
+                share = copy_warmup.BUDGET_SHARE * self.stopwatch.left() / self.recent_step_time()
+                phase.end = max(step, min(phase.end, step + int(share)))
+            if step % copy_warmup.PROGRESS_EVERY == 0 or step == phase.end:
                 progress["copy_nats"] = metrics["loss"]
                 if self.show_progress:
-                    print(copy_warmup.progress_line(step, config.steps, metrics["loss"], self.model_config.vocab_size),
+                    print(copy_warmup.progress_line(step, phase.end, metrics["loss"], self.model_config.vocab_size),
                           flush=True)
 
-        phase = Phase("copy warm-up", step_fn, lambda step: shard.put_batch(batch_at(step), self.mesh), config.steps,
-                      after_update)
+        phase = Phase("copy warm-up", lambda state, batch: step_fn(state, batch, None),
+                      lambda step: shard.put_batch(batch_at(step), self.mesh), config.steps, after_update)
         reached, reason = self.loop(phase, 0, stop)
         record = {"steps": reached, "final_copy_nats": round(progress["copy_nats"], 4),
                   "seconds": round(time.perf_counter() - started, 1)}
@@ -333,13 +356,16 @@ class Trainer:
             self.step_times.append(step_time)
 
             # Logging, checkpoints and evaluation: the phase's own.
+            evaluated_before = self.eval_total_s
             phase.after_update(step, metrics, step_time)
+            # What one more iteration costs in wall time (logging and saves included, evaluations apart).
+            self.iteration_times.append(time.perf_counter() - started - (self.eval_total_s - evaluated_before))
 
             # Termination: a signal, or no time left for one more step and the final evaluation.
             if stop.signal_name is not None:
                 return step, "signal"
             budget_left = self.stopwatch.left()
-            if budget_left is not None and budget_left < step_time + self.eval_seconds:
+            if budget_left is not None and budget_left < self.iteration_times[-1] + self.eval_seconds:
                 return step, "time_budget"
         return step, "completed"
 
@@ -357,15 +383,16 @@ class Trainer:
         target_limit = data_loader.max_window_targets(self.train_split, context)
         if target_limit is not None and target_limit > context // 2:
             target_limit = None  # most positions count: the full head is as cheap
-        step_fn = jit_train_step(self.model_config, config, self.optimizer, self.mesh, self.state_shardings,
-                                 target_limit, self.trained_kind)
+        step_fn = jit_train_step(self.model_config, config, self.mesh, self.state_shardings, target_limit,
+                                 self.trained_kind)
         with_segments = self.train_split.example_starts is not None
         batch_spec = {name: jax.ShapeDtypeStruct((config.batch_size, context), dtype,
                                                  sharding=shard.batch_sharding(self.mesh))
                       for name, dtype in (("inputs", jnp.int32), ("targets", jnp.int32), ("weights", jnp.float32),
                                           ("segments", jnp.int32)) if name != "segments" or with_segments}
         compile_started = time.perf_counter()
-        compiled = step_fn.lower(jax.eval_shape(lambda: self.state), batch_spec).compile()
+        compiled = step_fn.lower(jax.eval_shape(lambda: self.state), batch_spec,
+                                 jax.eval_shape(self.plan.arrays)).compile()
         self.compile_time_s = time.perf_counter() - compile_started
         self.eval_step = make_eval_step(self.model_config)
         rows = config.batch_size // jax.process_count()
@@ -379,13 +406,55 @@ class Trainer:
                 "a window holds more answer tokens than the bound the step was compiled for"
             return shard.put_batch(batch.arrays(), self.mesh)
 
-        return Phase("training", compiled, batch_at, config.steps, self.after_text_update)
+        self.text = Phase("training", lambda state, batch: compiled(state, batch, self.plan.arrays()), batch_at,
+                          self.plan.decay_end if self.plan_decided else config.steps, self.after_text_update)
+        return self.text
+
+    def recent_step_time(self, count: int = PLAN_AFTER_STEPS) -> float:
+        """The mean wall time of this session's last `count` iterations (its first, still warming,
+        left out), logging and saves included, evaluations not."""
+        recent = self.iteration_times[1:][-count:] or self.iteration_times
+        return float(np.mean(recent))
+
+    def plan_to_deadline(self, step: int, window: int) -> SchedulePlan:
+        """The steps that fit in the time left, with the decay over their last share (optim.py).
+        Counts the evaluations ahead (the last one measured, or ~0.4 of a step per batch) and keeps
+        a margin, so the decay ends before the deadline rather than being cut by it. A decay never
+        starts in the past."""
+        config, step_time = self.train_config, self.recent_step_time(window)
+        eval_cost = self.eval_seconds or EVAL_COST_PER_BATCH * config.eval_batches * step_time
+        usable = PLAN_MARGIN * self.stopwatch.left() - (eval_cost if config.eval_every else 0.0)
+        per_step = step_time + (eval_cost / config.eval_every if config.eval_every else 0.0)
+        total = min(config.steps, step + max(1, int(usable / per_step)))
+        plan = SchedulePlan.over_steps(config, total)
+        return SchedulePlan(decay_start=max(plan.decay_start, step), decay_end=total)
+
+    def size_to_deadline(self, step: int) -> None:
+        """A time-budgeted WSD run sizes itself to its deadline: first after PLAN_AFTER_STEPS timed
+        steps, then again every REPLAN_EVERY steps while the learning rate is still constant (so a
+        machine that slows down or speeds up moves the decay, and nothing already trained changes),
+        and for the last time when the decay begins. From then on the plan is fixed, and recorded
+        in every checkpoint: a resumed run follows the same decay bit for bit."""
+        steps_run = step - self.start_step
+        if self.plan_frozen or steps_run < PLAN_AFTER_STEPS:
+            return
+        first = not self.plan_decided
+        if first or steps_run % REPLAN_EVERY == 0 or step >= self.plan.decay_start:
+            window = max(PLAN_AFTER_STEPS, steps_run // 10)  # recent: a machine's speed drifts
+            self.plan, self.plan_decided = self.plan_to_deadline(step, window), True
+            self.text.end = self.plan.decay_end
+        self.plan_frozen = step >= self.plan.decay_start
+        if first or self.plan_frozen:
+            self.display.note(f"time-aware schedule: {self.plan.decay_end} of {self.train_config.steps} steps fit in "
+                              f"the budget; lr decays from step {self.plan.decay_start} to {self.plan.decay_end}")
 
     def after_text_update(self, step: int, metrics: dict, step_time: float) -> None:
         config = self.train_config
+        if self.time_aware:
+            self.size_to_deadline(step)
         self.last_loss = metrics["loss"]
         self.tokens_this_session += self.tokens_per_step
-        if step % config.log_every == 0 or step == config.steps or step == self.start_step + 1:
+        if step % config.log_every == 0 or step == self.text.end or step == self.start_step + 1:
             recent = self.step_times[-config.log_every:]
             tokens_per_s = self.tokens_per_step / (sum(recent) / len(recent))
             record = {"step": step, "loss": metrics["loss"], "grad_norm": metrics["grad_norm"], "lr": metrics["lr"],
@@ -393,9 +462,9 @@ class Trainer:
                       "mfu": self.flops_token * tokens_per_s / self.peak if self.peak else None,
                       "tokens": step * self.tokens_per_step, "elapsed_s": self.stopwatch.elapsed()}
             self.metrics_log.write(record)
-            eta = (config.steps - step) * sum(recent) / len(recent)
-            self.display.update(record, config.steps, self.stopwatch.left(), eta)
-        if step < config.steps:  # the last step is saved and evaluated by finish()
+            eta = (self.text.end - step) * sum(recent) / len(recent)
+            self.display.update(record, self.text.end, self.stopwatch.left(), eta)
+        if step < self.text.end:  # the last step is saved and evaluated by finish()
             if step % config.save_every == 0:  # saved first: an evaluation that fails loses nothing
                 self.save(step)
             if config.eval_every and step % config.eval_every == 0:
@@ -416,7 +485,7 @@ class Trainer:
         self.flops_token = flops_per_token(self.model_config, self.context)
         self.peak, _ = peak_flops()
         phase = self.text_phase()
-        self.step_times = []
+        self.step_times, self.iteration_times = [], []
         if self.stop_reason == "completed":
             self.step, self.stop_reason = self.loop(phase, self.start_step, stop)
             self.signal_name = stop.signal_name
@@ -433,6 +502,8 @@ class Trainer:
                 "config": {"model": self.run_config["model"], "train": self.run_config["train"]}}
         if kind.record() is not None:
             meta["lora"] = kind.record()
+        if self.plan_decided and self.train_config.resolved_schedule == "wsd":
+            meta["schedule"] = {**self.plan.to_dict(), "frozen": self.plan_frozen}  # a resume keeps the decay
         self.store.save(step, kind.model_params(state.params, state.frozen),
                         kind.resume_item(state.params, state.opt_state), meta)
 
@@ -441,6 +512,7 @@ class Trainer:
         params = self.trained_kind.model_params(self.state.params, self.state.frozen)
         val_loss = evaluate_split(self.eval_step, params, self.val_split, self.train_config, self.context, self.mesh)
         self.eval_seconds = time.perf_counter() - started
+        self.eval_total_s += self.eval_seconds
         self.metrics_log.write({"step": step, "val_loss": val_loss,
                                 "val_ppl": math.exp(val_loss) if val_loss < 50 else float("inf"),
                                 "elapsed_s": self.stopwatch.elapsed()})
@@ -496,6 +568,9 @@ class Trainer:
             "stop_reason": self.stop_reason,
             "resumed_from_step": self.start_step or None,
             "copy_warmup": read_json(warmup_file) if warmup_file.exists() else None,
+            "schedule": {"kind": self.train_config.resolved_schedule, "decided": self.plan_decided,
+                         "frozen": self.plan_frozen,
+                         **(self.plan.to_dict() if self.train_config.resolved_schedule == "wsd" else {})},
             "message": self.message,
         }
 
@@ -564,6 +639,7 @@ def run(args: argparse.Namespace) -> int:
         base = load_train_config(args.recipe).to_dict()
     elif stored is not None:
         base = dict(stored["train"])
+        base.setdefault("schedule", "cosine")  # runs made before time-aware schedules keep their cosine
     else:
         base = TrainConfig().to_dict()
     train_config = train_config_from_flags(args, base)

@@ -46,7 +46,7 @@ def stepper(micro_config):
 
     _, shardings = initial_state(micro_config, STEP_CONFIG, optimizer, mesh)
     steps = {accum: jit_train_step(micro_config, dataclasses.replace(STEP_CONFIG, grad_accum=accum),
-                                   optimizer, mesh, shardings)
+                                   mesh, shardings)
              for accum in (1, 4)}
     return steps, fresh
 
@@ -104,7 +104,7 @@ def test_micro_model_overfits_one_batch_and_learns_the_next_token(micro_config, 
     state, batch = fresh(), as_arrays(one_batch)
     losses = []
     for _ in range(150):
-        state, metrics = steps[1](state, batch)
+        state, metrics = steps[1](state, batch, None)
         losses.append(float(metrics["loss"]))
     assert losses[0] > 5.5  # ~ln(512) at initialisation
     assert losses[-1] < 0.5
@@ -121,8 +121,8 @@ def test_gradient_accumulation_equals_the_whole_batch(stepper, one_batch):
     weights[0, :20] = 0
     weights[5:, ::2] = 0
     batch["weights"] = jnp.asarray(weights)
-    whole, whole_metrics = steps[1](fresh(), batch)
-    accumulated, accumulated_metrics = steps[4](fresh(), batch)
+    whole, whole_metrics = steps[1](fresh(), batch, None)
+    accumulated, accumulated_metrics = steps[4](fresh(), batch, None)
     assert float(accumulated_metrics["loss"]) == pytest.approx(float(whole_metrics["loss"]), rel=1e-5)
     assert float(accumulated_metrics["grad_norm"]) == pytest.approx(float(whole_metrics["grad_norm"]), rel=1e-4)
     for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(accumulated.params), strict=True):
@@ -132,13 +132,13 @@ def test_gradient_accumulation_equals_the_whole_batch(stepper, one_batch):
 def test_bf16_compute_with_remat_keeps_float32_master_parameters(micro_config, stepper, one_batch):
     steps, fresh = stepper
     batch = as_arrays(one_batch)
-    _, fp32_metrics = steps[1](fresh(), batch)
+    _, fp32_metrics = steps[1](fresh(), batch, None)
     bf16_config = dataclasses.replace(STEP_CONFIG, dtype="bfloat16", remat=True)
     bf16_model = dataclasses.replace(micro_config, dtype="bfloat16")
     mesh = shard.make_mesh()
     optimizer = make_optimizer(bf16_config)
     state, shardings = initial_state(bf16_model, bf16_config, optimizer, mesh)
-    state, metrics = jit_train_step(bf16_model, bf16_config, optimizer, mesh, shardings)(state, batch)
+    state, metrics = jit_train_step(bf16_model, bf16_config, mesh, shardings)(state, batch, None)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.opt_state) if leaf.ndim)
     assert float(metrics["loss"]) == pytest.approx(float(fp32_metrics["loss"]), rel=0.02)

@@ -1,0 +1,83 @@
+"""Time-aware schedules: WSD's shape, a budgeted run that ends its decay at the deadline, and a
+resumed budgeted run that follows the decay it recorded, bit for bit."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from lumi_jax.config import TrainConfig
+from lumi_jax.metrics import read_metrics
+from lumi_jax.optim import SchedulePlan, learning_rate_schedule
+from lumi_jax.runs import load_run
+from lumi_jax.train import train
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
+BUDGETED = TrainConfig(steps=100_000, batch_size=8, context=32, lr=3e-3, warmup=10, min_lr=3e-4, eval_every=0,
+                       save_every=25, keep_checkpoints=1000, log_every=1, time_budget_minutes=0.2)
+
+
+def test_wsd_warms_up_holds_then_decays_to_the_floor_by_the_last_update():
+    config = TrainConfig(steps=100, lr=1e-3, warmup=10, min_lr=1e-4, schedule="wsd", decay_fraction=0.2)
+    plan = SchedulePlan.over_steps(config)
+    assert plan == SchedulePlan(decay_start=80, decay_end=100)
+    lr = learning_rate_schedule(config, plan.to_dict())
+    assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(5e-4)
+    assert float(lr(10)) == float(lr(79)) == pytest.approx(1e-3)
+    assert float(lr(90)) < 1e-3
+    assert float(lr(99)) == pytest.approx(1e-4) and float(lr(150)) == pytest.approx(1e-4)
+    traced = jax.jit(lambda count, plan: learning_rate_schedule(config, plan)(count))
+    for count in (0, 10, 85, 99):  # the plan as arrays (what the step gets) gives the same numbers
+        assert float(traced(count, plan.arrays())) == pytest.approx(float(lr(count)))
+
+
+def test_auto_means_wsd_with_a_budget_and_cosine_without():
+    assert TrainConfig().resolved_schedule == "cosine"
+    assert TrainConfig(time_budget_minutes=5.0).resolved_schedule == "wsd"
+    assert TrainConfig(schedule="cosine", time_budget_minutes=5.0).resolved_schedule == "cosine"
+
+
+@pytest.fixture(scope="module")
+def budgeted_run(micro_config, dataset_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("budget") / "run"
+    summary = train(BUDGETED, micro_config, dataset_dir, out, show_progress=False)
+    return out, summary
+
+
+def test_a_budgeted_run_ends_its_decay_at_the_deadline(budgeted_run):
+    out, summary = budgeted_run
+    schedule = summary["schedule"]
+    assert schedule["kind"] == "wsd" and schedule["decided"]
+    assert summary["stop_reason"] == "completed", summary["message"]
+    assert summary["steps"] == schedule["decay_end"] < BUDGETED.steps  # the budget, not `steps`, set the length
+    assert summary["wall_time_s"] <= 1.05 * 60 * BUDGETED.time_budget_minutes
+    lrs = {r["step"]: r["lr"] for r in read_metrics(out / "metrics.jsonl") if "lr" in r}
+    assert lrs[summary["steps"]] == pytest.approx(BUDGETED.min_lr)  # the last update ran at the floor
+    reached_floor = min(step for step, lr in lrs.items() if step > BUDGETED.warmup and lr == pytest.approx(BUDGETED.min_lr))
+    assert reached_floor >= 0.95 * summary["steps"]  # ...and reached it only at the end, not cut mid-decay
+    assert lrs[schedule["decay_start"]] == pytest.approx(BUDGETED.lr)
+    assert json.loads((out / "config.json").read_text())["train"]["schedule"] == "wsd"  # recorded, not "auto"
+
+
+def test_a_resumed_budgeted_run_follows_its_recorded_decay(budgeted_run, micro_config, dataset_dir, tmp_path):
+    out, summary = budgeted_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    steps = sorted(int(p.name) for p in (resumed / "checkpoints").iterdir() if p.name.isdigit())
+    keep = max(s for s in steps if s < summary["steps"] - 10)  # a checkpoint after the plan was made
+    for step in steps:
+        if step > keep:
+            shutil.rmtree(resumed / "checkpoints" / str(step))
+    # a slower or faster machine now would plan differently: the recorded plan must win
+    again = train(dataclasses.replace(BUDGETED, time_budget_minutes=0.5), micro_config, dataset_dir, resumed,
+                  show_progress=False)
+    assert again["resumed_from_step"] == keep and again["steps"] == summary["steps"]
+    assert again["schedule"] == summary["schedule"]
+    for a, b in zip(jax.tree.leaves(load_run(out).params), jax.tree.leaves(load_run(resumed).params), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
