@@ -35,21 +35,25 @@ from lumi_jax.config import TrainConfig
 
 @dataclasses.dataclass(frozen=True)
 class SchedulePlan:
-    """Where a WSD schedule decays: from update `decay_start` to `decay_end` (the run's last step)."""
+    """A WSD schedule's shape: warm up until update `warmup`, hold, decay from `decay_start` to
+    `decay_end` (the run's last step)."""
 
+    warmup: int
     decay_start: int
     decay_end: int
 
     @classmethod
-    def over_steps(cls, config: TrainConfig, total_steps: int | None = None) -> SchedulePlan:
-        """The decay over the last `decay_fraction` of `total_steps` (default: the config's steps),
-        never starting before the warmup ends."""
+    def over_steps(cls, config: TrainConfig, total_steps: int | None = None, done: int = 0) -> SchedulePlan:
+        """The decay over the last `decay_fraction` of `total_steps` (default: the config's steps).
+        A run too short for the configured warmup warms up over a tenth of it instead (never
+        shorter than the `done` steps already taken); a decay never starts before the warmup ends."""
         total = config.steps if total_steps is None else total_steps
+        warmup = config.warmup if config.warmup < total // 2 else max(done, total // 10)
         decay = max(1, round(config.decay_fraction * total))
-        return cls(decay_start=max(config.warmup, total - decay), decay_end=total)
+        return cls(warmup=warmup, decay_start=min(max(warmup, total - decay, done), total), decay_end=total)
 
     def arrays(self) -> dict[str, jax.Array]:
-        return {"decay_start": jnp.int32(self.decay_start), "decay_end": jnp.int32(self.decay_end)}
+        return {name: jnp.int32(value) for name, value in self.to_dict().items()}
 
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -70,12 +74,13 @@ def learning_rate_schedule(config: TrainConfig, plan: dict | None = None) -> opt
 
     def wsd(count):
         count = jnp.asarray(count, jnp.float32)
+        warmup = jnp.asarray(plan["warmup"], jnp.float32)
         start = jnp.asarray(plan["decay_start"], jnp.float32)
         last = jnp.maximum(jnp.asarray(plan["decay_end"], jnp.float32) - 1.0, start)  # the last update
-        warming = config.lr * count / max(config.warmup, 1)
+        warming = config.lr * count / jnp.maximum(warmup, 1.0)
         done = jnp.clip((count - start) / jnp.maximum(last - start, 1.0), 0.0, 1.0)
         decaying = config.lr + (config.min_lr - config.lr) * done
-        return jnp.where(count < config.warmup, warming, jnp.where(count < start, config.lr, decaying))
+        return jnp.where(count < warmup, warming, jnp.where(count < start, config.lr, decaying))
 
     return wsd
 

@@ -426,8 +426,7 @@ class Trainer:
         usable = PLAN_MARGIN * self.stopwatch.left() - (eval_cost if config.eval_every else 0.0)
         per_step = step_time + (eval_cost / config.eval_every if config.eval_every else 0.0)
         total = min(config.steps, step + max(1, int(usable / per_step)))
-        plan = SchedulePlan.over_steps(config, total)
-        return SchedulePlan(decay_start=max(plan.decay_start, step), decay_end=total)
+        return SchedulePlan.over_steps(config, total, done=step)
 
     def size_to_deadline(self, step: int) -> None:
         """A time-budgeted WSD run sizes itself to its deadline: first after PLAN_AFTER_STEPS timed
@@ -446,7 +445,8 @@ class Trainer:
         self.plan_frozen = step >= self.plan.decay_start
         if first or self.plan_frozen:
             self.display.note(f"time-aware schedule: {self.plan.decay_end} of {self.train_config.steps} steps fit in "
-                              f"the budget; lr decays from step {self.plan.decay_start} to {self.plan.decay_end}")
+                              f"the budget; warmup {self.plan.warmup} steps, lr decays from step "
+                              f"{self.plan.decay_start} to {self.plan.decay_end}")
 
     def after_text_update(self, step: int, metrics: dict, step_time: float) -> None:
         config = self.train_config

@@ -26,7 +26,9 @@ BUDGETED = TrainConfig(steps=100_000, batch_size=8, context=32, lr=3e-3, warmup=
 def test_wsd_warms_up_holds_then_decays_to_the_floor_by_the_last_update():
     config = TrainConfig(steps=100, lr=1e-3, warmup=10, min_lr=1e-4, schedule="wsd", decay_fraction=0.2)
     plan = SchedulePlan.over_steps(config)
-    assert plan == SchedulePlan(decay_start=80, decay_end=100)
+    assert plan == SchedulePlan(warmup=10, decay_start=80, decay_end=100)
+    # a run the budget cuts short of its warmup warms up over a tenth of it, never behind what is done
+    assert SchedulePlan.over_steps(config, 15, done=6) == SchedulePlan(warmup=6, decay_start=12, decay_end=15)
     lr = learning_rate_schedule(config, plan.to_dict())
     assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(5e-4)
     assert float(lr(10)) == float(lr(79)) == pytest.approx(1e-3)

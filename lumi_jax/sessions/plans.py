@@ -74,8 +74,9 @@ def prototype_steps(args: argparse.Namespace) -> list[Step]:
         Step("prepare data", lambda ctx: s.prepare_data(ctx, source, model_config, size_mb=size_mb, seed=args.seed),
              4, f"{source} with a {model_config.vocab_size}-token tokenizer"),
         Step("train", train_run, 60, f"{model_config.name} for {train_config.steps} steps, saving at the budget"),
-        Step("evaluate", lambda ctx: s.evaluate_run(ctx, quick=False), 12,
-             "the whole validation split: loss, perplexity, bits per byte, baselines, samples; curves.png"),
+        Step("evaluate", lambda ctx: s.evaluate_run(ctx, quick=False, beat_unigram=True), 12,
+             "the validation split (as much as its time allows): loss, perplexity, bits per byte, baselines, "
+             "samples; the model must beat the unigram baseline"),
         Step("architecture check", lambda ctx: s.architecture_of_run(ctx, model_config, train_config), 1,
              "the trained config's counts and memory estimate against the measured peak"),
     ]
@@ -116,8 +117,8 @@ def experiment_steps(args: argparse.Namespace) -> list[Step]:
         Step("pretrain", pretrain, 50, f"{model_config.name} for up to {pretrain_config.steps} steps within its share"),
         Step("fine-tune", lambda ctx: s.fine_tune_run(ctx, sft_config), 25,
              "responses only, from the pretrained weights; held-out exact match before and after"),
-        Step("evaluate pretrained", lambda ctx: s.evaluate_run(ctx, quick=False), 7,
-             "the pretrained run on the whole text validation split"),
+        Step("evaluate pretrained", lambda ctx: s.evaluate_run(ctx, quick=False, beat_unigram=True), 7,
+             "the pretrained run on the text validation split; it must beat the unigram baseline"),
         Step("evaluate fine-tuned", lambda ctx: s.evaluate_run(ctx, quick=False, run_key="sft_run"), 7,
              "the fine-tuned run on the instruction validation split, with exact match"),
         Step("assess", lambda ctx: s.assess_runs(ctx, "run", "sft_run"), 2,
