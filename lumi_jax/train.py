@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lumi_jax import copy_warmup
+from lumi_jax import auto_recipe, copy_warmup
 from lumi_jax import sharding as shard
 from lumi_jax.checkpoint import CheckpointStore, abstract_with_shardings
 from lumi_jax.config import (
@@ -200,7 +200,7 @@ class Trainer:
 
     # -- open the run ----------------------------------------------------------------------------
 
-    def open_run(self, resume: bool) -> None:
+    def open_run(self, resume: bool, record: dict[str, Any] | None = None) -> None:
         """A new run directory, or the continuation of the one there (which must match)."""
         run_dir, config_path = self.run_dir, self.run_dir / "config.json"
         existing = config_path.exists()
@@ -232,6 +232,11 @@ class Trainer:
         }
         if self.trained_kind.record() is not None:
             self.run_config["lora"] = self.trained_kind.record()
+        for name, section in (record or {}).items() if not existing else ():
+            self.run_config[name] = section
+        for name in ("auto_recipe",) if existing else ():  # a continued run keeps how it was chosen
+            if name in stored:
+                self.run_config[name] = stored[name]
         if jax.process_count() > 1:  # every host has decided new-or-resume before host 0 writes
             from jax.experimental import multihost_utils
 
@@ -587,18 +592,20 @@ def train(
     resume: bool = False,
     show_progress: bool = True,
     resume_command: str | None = None,
+    record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train into `out_dir` (a new run, or the continuation of the one there); return the summary.
 
     `init_params` (with `init_from`, the run they came from) starts from given parameters with a
     fresh optimizer: fine-tuning. `trained_kind` says what is trained (all parameters, or LoRA
-    adapters). `resume=True` insists that there is a run to continue.
+    adapters). `resume=True` insists that there is a run to continue. `record`: more sections for
+    config.json (how the settings were chosen).
     """
     shard.initialize_distributed()
     enable_compilation_cache()
     trainer = Trainer(train_config, model_config, data_path, out_dir, init_params=init_params,
                       init_from=init_from, trained_kind=trained_kind, show_progress=show_progress)
-    trainer.open_run(resume)
+    trainer.open_run(resume, record or {})
     trainer.restore_or_initialise()
     with StopRequest() as stop:
         if trainer.needs_copy_warmup:
@@ -617,15 +624,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="a prepared dataset directory (lumi prepare), e.g. data/sample")
     parser.add_argument("--out", required=True, help="the run directory, e.g. runs/tiny; an existing run continues")
     parser.add_argument("--recipe", help="a training recipe: a name in config/recipes (quick, prototype, "
-                        "experiment) or a JSON path; the flags below override it")
+                        "experiment), a JSON path, or auto (model, vocabulary use, batch, lr and length chosen from "
+                        "the data, --time-budget and this machine's speed); the flags below override it")
     parser.add_argument("--resume", action="store_true", help="insist on continuing the run in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     add_train_flags(parser)
 
 
+def auto_recipe_for(args: argparse.Namespace, data_path: Path) -> tuple[ModelConfig, dict, dict]:
+    """`--recipe auto`: the model and settings for this dataset and --time-budget (auto_recipe.py)."""
+    if args.model:
+        raise UserError("--recipe auto chooses the model itself; leave out --model (or use another recipe)")
+    if args.time_budget_minutes is None:
+        raise UserError("--recipe auto sizes the run to a time budget; give --time-budget MINUTES")
+    meta = data_loader.TokenDataset(data_path).meta
+    model_config, train_config, reasons = auto_recipe.choose(
+        int(meta["train_bytes"]), 60 * args.time_budget_minutes, vocab_size=int(meta["vocab_size"]),
+        bytes_per_token=float(meta["bytes_per_token"]), log=print)
+    for name, reason in reasons.items():
+        if name != "candidates":
+            print(f"auto recipe: {name}: {reason}", flush=True)
+    base = train_config.to_dict()
+    args.time_budget_minutes = None  # measuring came out of the budget: the recipe's own budget stands
+    return model_config, base, {"auto_recipe": reasons}
+
+
 def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.out)
     stored = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else None
+    record = None
     if args.model:
         model_config = load_model_config(args.model)
     elif stored is not None:
@@ -635,7 +662,9 @@ def run(args: argparse.Namespace) -> int:
     data_path = Path(args.data)
     if not data_path.is_dir():
         raise UserError(f"{data_path}: no such dataset directory; prepare one with: lumi prepare --out {data_path}")
-    if args.recipe:
+    if args.recipe == "auto" and stored is None:
+        model_config, base, record = auto_recipe_for(args, data_path)
+    elif args.recipe:
         base = load_train_config(args.recipe).to_dict()
     elif stored is not None:
         base = dict(stored["train"])
@@ -643,7 +672,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         base = TrainConfig().to_dict()
     train_config = train_config_from_flags(args, base)
-    summary = train(train_config, model_config, data_path, run_dir, resume=args.resume, show_progress=not args.quiet)
+    summary = train(train_config, model_config, data_path, run_dir, resume=args.resume, show_progress=not args.quiet,
+                    record=record)
     if summary["stop_reason"] == "nan":
         raise UserError(summary["message"])
     return 0
