@@ -24,6 +24,7 @@ tokens are written at `cache_index`, and queries attend to every slot up to thei
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -70,15 +71,66 @@ def rope_angles(positions_BT: jax.Array, head_dim: int, theta: float) -> jax.Arr
     return positions_BT.astype(jnp.float32)[..., None] * inverse_frequency_P  # (B, T, K/2)
 
 
-def apply_rope(x_BTHK: jax.Array, angles_BTP: jax.Array) -> jax.Array:
+def rope_tables(angles_BTP: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(cos, sin) of the angles: computed once per forward pass and shared by every layer."""
+    return jnp.cos(angles_BTP), jnp.sin(angles_BTP)
+
+
+def apply_rope(x_BTHK: jax.Array, cos_BTP: jax.Array, sin_BTP: jax.Array) -> jax.Array:
     """Rotate adjacent pairs (x[2i], x[2i+1]) by their angle (see the module docstring)."""
     B, T, H, K = x_BTHK.shape
     pairs = x_BTHK.astype(jnp.float32).reshape(B, T, H, K // 2, 2)
     even, odd = pairs[..., 0], pairs[..., 1]
-    cos = jnp.cos(angles_BTP)[:, :, None, :]
-    sin = jnp.sin(angles_BTP)[:, :, None, :]
+    cos, sin = cos_BTP[:, :, None, :], sin_BTP[:, :, None, :]
     rotated = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
     return rotated.reshape(B, T, H, K).astype(x_BTHK.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The attention core for training and scoring (no cache): heads-major, with its own backward.
+#
+# XLA:CPU runs autodiff's backward of the (B, T, H, K) einsum formulation slowly (~43 ms per
+# layer of tiny against ~18 ms for PyTorch's fused attention; ../shared/probes). Laid out heads
+# first, the four matmuls are plain batched matmuls, and the backward below is the textbook one
+# (flash attention's, without tiling): it keeps the softmax P from the forward pass and needs
+# one row sum, dS = P ⊙ (dP − rowsum(dO ⊙ O)), instead of differentiating through the softmax.
+
+
+def _attention_forward(q_BNGTK, k_BNSK, v_BNSK, mask_BTS):
+    scale = 1.0 / math.sqrt(q_BNGTK.shape[-1])
+    scores = jnp.einsum("bngtk,bnsk->bngts", q_BNGTK, k_BNSK, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(mask_BTS[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    p_BNGTS = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("bngts,bnsk->bngtk", p_BNGTS.astype(v_BNSK.dtype), v_BNSK, preferred_element_type=jnp.float32)
+    return out.astype(q_BNGTK.dtype), p_BNGTS
+
+
+@jax.custom_vjp
+def masked_attention(q_BNGTK, k_BNSK, v_BNSK, mask_BTS):
+    """softmax(q kᵀ / √K, masked) v for query groups G sharing each of N key/value heads."""
+    return _attention_forward(q_BNGTK, k_BNSK, v_BNSK, mask_BTS)[0]
+
+
+def _masked_attention_fwd(q_BNGTK, k_BNSK, v_BNSK, mask_BTS):
+    out, p_BNGTS = _attention_forward(q_BNGTK, k_BNSK, v_BNSK, mask_BTS)
+    return out, (q_BNGTK, k_BNSK, v_BNSK, out, p_BNGTS)
+
+
+def _masked_attention_bwd(residuals, d_out):
+    q, k, v, out, p = residuals
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    f32 = jnp.float32
+    d_out = d_out.astype(f32)
+    dv = jnp.einsum("bngts,bngtk->bnsk", p, d_out)
+    dp = jnp.einsum("bngtk,bnsk->bngts", d_out, v, preferred_element_type=f32)
+    row = jnp.sum(d_out * out.astype(f32), axis=-1, keepdims=True)  # rowsum(P ⊙ dP) = dO · O
+    ds = p * (dp - row) * scale  # masked positions have P = 0, so their dS is 0
+    dq = jnp.einsum("bngts,bnsk->bngtk", ds, k, preferred_element_type=f32)
+    dk = jnp.einsum("bngts,bngtk->bnsk", ds, q, preferred_element_type=f32)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+masked_attention.defvjp(_masked_attention_fwd, _masked_attention_bwd)
 
 
 class Attention(nn.Module):
@@ -87,7 +139,7 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BTD, positions_BT, mask_BTS, layer_cache=None, cache_index=None):
+    def __call__(self, x_BTD, rope, mask_BTS, layer_cache=None, cache_index=None):
         c = self.config
         H, N, K = c.n_heads, c.kv_heads, c.head_dim
         B, T, _ = x_BTD.shape
@@ -96,9 +148,18 @@ class Attention(nn.Module):
         k_BTNK = _dense(N * K, "wk", c, std)(x_BTD).reshape(B, T, N, K)
         v_BTNK = _dense(N * K, "wv", c, std)(x_BTD).reshape(B, T, N, K)
 
-        angles_BTP = rope_angles(positions_BT, K, c.rope_theta)
-        q_BTHK = apply_rope(q_BTHK, angles_BTP)
-        k_BTNK = apply_rope(k_BTNK, angles_BTP)
+        q_BTHK = apply_rope(q_BTHK, *rope)
+        k_BTNK = apply_rope(k_BTNK, *rope)
+        G = H // N
+        # Residual projections start smaller so the residual stream's variance stays ~1 in depth.
+        out_std = 0.02 / math.sqrt(2 * c.n_layers)
+
+        if layer_cache is None:  # training and scoring: heads first, the custom backward
+            q_BNGTK = q_BTHK.reshape(B, T, N, G, K).transpose(0, 2, 3, 1, 4)
+            k_BNSK, v_BNSK = k_BTNK.transpose(0, 2, 1, 3), v_BTNK.transpose(0, 2, 1, 3)
+            out_BNGTK = masked_attention(q_BNGTK, k_BNSK, v_BNSK, mask_BTS)
+            out_BTD = out_BNGTK.transpose(0, 3, 1, 2, 4).reshape(B, T, H * K).astype(compute_dtype(c))
+            return _dense(c.d_model, "wo", c, out_std)(out_BTD), None
 
         new_cache = None
         if layer_cache is not None:
@@ -111,7 +172,6 @@ class Attention(nn.Module):
         else:
             k_BSNK, v_BSNK = k_BTNK, v_BTNK
 
-        G = H // N
         q_BTNGK = q_BTHK.reshape(B, T, N, G, K)
         scores_BNGTS = jnp.einsum("btngk,bsnk->bngts", q_BTNGK, k_BSNK.astype(q_BTNGK.dtype))
         scores_BNGTS = scores_BNGTS.astype(jnp.float32) / math.sqrt(K)
@@ -119,8 +179,6 @@ class Attention(nn.Module):
         weights_BNGTS = jax.nn.softmax(scores_BNGTS, axis=-1).astype(v_BSNK.dtype)
         out_BTNGK = jnp.einsum("bngts,bsnk->btngk", weights_BNGTS, v_BSNK)
         out_BTD = out_BTNGK.reshape(B, T, H * K).astype(compute_dtype(c))
-        # Residual projections start smaller so the residual stream's variance stays ~1 in depth.
-        out_std = 0.02 / math.sqrt(2 * c.n_layers)
         return _dense(c.d_model, "wo", c, out_std)(out_BTD), new_cache
 
 
@@ -141,10 +199,10 @@ class Block(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BTD, positions_BT, mask_BTS, layer_cache=None, cache_index=None):
+    def __call__(self, x_BTD, rope, mask_BTS, layer_cache=None, cache_index=None):
         c = self.config
         attention_out, new_cache = Attention(c, name="attention")(
-            RMSNorm(c.norm_eps, name="attention_norm")(x_BTD), positions_BT, mask_BTS, layer_cache, cache_index
+            RMSNorm(c.norm_eps, name="attention_norm")(x_BTD), rope, mask_BTS, layer_cache, cache_index
         )
         x_BTD = x_BTD + attention_out
         x_BTD = x_BTD + SwiGLU(c, name="mlp")(RMSNorm(c.norm_eps, name="mlp_norm")(x_BTD))
@@ -203,22 +261,29 @@ class Transformer(nn.Module):
             if key_mask_BS is not None:
                 mask_BTS = mask_BTS & key_mask_BS[:, None, :]
 
+        rope = rope_tables(rope_angles(positions_BT, c.head_dim, c.rope_theta))  # once, for every layer
         block_class = nn.remat(Block) if self.remat else Block
         new_cache: Cache = []
         for i in range(c.n_layers):
             layer_cache = None if cache is None else cache[i]
             x_BTD, layer_new_cache = block_class(c, name=f"layers_{i}")(
-                x_BTD, positions_BT, mask_BTS, layer_cache, cache_index
+                x_BTD, rope, mask_BTS, layer_cache, cache_index
             )
             new_cache.append(layer_new_cache)
 
         x_BTD = RMSNorm(c.norm_eps, name="final_norm")(x_BTD)
         if scored_N is not None:
             x_BTD = x_BTD.reshape(B * T, c.d_model)[scored_N]  # (N, D); the head maps any leading shape
+        # The head accumulates in float32 whatever the compute dtype: bfloat16 logits would lose
+        # the differences between likely tokens before the softmax sees them.
         if c.tie_embeddings:
-            logits_BTV = embed.attend(x_BTD)
+            embedding_VD = embed.embedding.astype(x_BTD.dtype)
+            logits_BTV = jnp.einsum("...d,vd->...v", x_BTD, embedding_VD, preferred_element_type=jnp.float32)
         else:
-            logits_BTV = _dense(c.vocab_size, "output", c, 0.02)(x_BTD)
+            logits_BTV = nn.Dense(c.vocab_size, use_bias=False, dtype=compute_dtype(c), param_dtype=jnp.float32,
+                                  kernel_init=nn.initializers.normal(stddev=0.02), name="output",
+                                  dot_general=functools.partial(jax.lax.dot_general,
+                                                                preferred_element_type=jnp.float32))(x_BTD)
         return logits_BTV.astype(jnp.float32), (None if cache is None else new_cache)
 
 
