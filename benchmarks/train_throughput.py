@@ -1,15 +1,17 @@
 """Training throughput: tokens/s and MFU of the real train step, per model, on this machine.
 
     .venv/bin/python benchmarks/train_throughput.py [--cases tiny:8:256 small:4:256] [--dtype float32|bfloat16]
+        [--grad-accum N] [--remat]
 
 For each case (model config : batch size : context) it builds the state and the jitted, donated train step exactly as `lumi train` does,
 compiles it ahead of time (compile seconds reported apart), runs warm-up steps, then times
 --steps steps on fixed random tokens (throughput does not depend on the text). Reported:
 median step seconds, tokens/s, achieved FLOP/s and MFU with
 
-    FLOPs per token = 6 · N_matmul + 6 · n_layers · context · d_model     (lumi_jax/metrics.py)
+    FLOPs per token = 6 · N_matmul + 12 · n_layers · context · d_model     (lumi_jax/metrics.py)
 
-against the device's dense peak (CPU: cores × clock × FLOP/cycle, stated in the result).
+against the device's dense peak (CPU: cores × clock × FLOP/cycle, stated in the result). On an
+accelerator it also records the peak device memory next to `lumi architecture`'s estimate.
 The machine may be shared: the load average and this process's CPU seconds are recorded next
 to the wall time. Writes benchmarks/results/train_<platform>_<dtype>.json.
 """
@@ -35,7 +37,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lumi_jax import sharding as shard  # noqa: E402
-from lumi_jax.architecture import count_params  # noqa: E402
+from lumi_jax.architecture import count_params, estimate_training_memory  # noqa: E402
 from lumi_jax.config import TrainConfig, load_model_config  # noqa: E402
 from lumi_jax.metrics import flops_per_token, matmul_params, peak_flops  # noqa: E402
 from lumi_jax.optim import make_optimizer  # noqa: E402
@@ -52,9 +54,11 @@ def machine() -> dict:
             "jax": jax.__version__, "python": platform.python_version()}
 
 
-def measure(model_name: str, batch_size: int, context: int, dtype: str, steps: int, warmup: int) -> dict:
+def measure(model_name: str, batch_size: int, context: int, dtype: str, steps: int, warmup: int,
+            grad_accum: int = 1, remat: bool = False) -> dict:
     model = dataclasses.replace(load_model_config(model_name), dtype=dtype)
-    config = TrainConfig(steps=1000, batch_size=batch_size, context=context, warmup=10, dtype=dtype)
+    config = TrainConfig(steps=1000, batch_size=batch_size, context=context, warmup=10, dtype=dtype,
+                         grad_accum=grad_accum, remat=remat)
     mesh = shard.make_mesh()
     optimizer = make_optimizer(config)
     state, shardings = initial_state(model, config, optimizer, mesh)
@@ -83,6 +87,9 @@ def measure(model_name: str, batch_size: int, context: int, dtype: str, steps: i
     assert np.isfinite(float(metrics["loss"]))
 
     step_s = statistics.median(times)
+    memory = jax.devices()[0].memory_stats() or {}  # None on a CPU
+    micro_batch = batch_size // grad_accum
+    estimate = estimate_training_memory(model, micro_batch, context, dtype, remat)["total"]
     tokens_per_step = batch_size * context
     tokens_per_s = tokens_per_step / step_s
     flops_token = flops_per_token(model, context)
@@ -100,6 +107,10 @@ def measure(model_name: str, batch_size: int, context: int, dtype: str, steps: i
         "process_cpu_s_per_step": round(cpu_s / steps, 3),
         "tokens_per_process_cpu_s": round(tokens_per_step * steps / cpu_s, 1),
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "grad_accum": grad_accum, "remat": remat,
+        "peak_device_bytes": memory.get("peak_bytes_in_use"),
+        "estimated_train_bytes": estimate,
+        "estimate_over_peak": round(estimate / memory["peak_bytes_in_use"], 3) if memory.get("peak_bytes_in_use") else None,
     }
 
 
@@ -109,13 +120,15 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
+    parser.add_argument("--remat", action="store_true", help="recompute block activations in the backward pass")
     parser.add_argument("--out", help="result JSON (default benchmarks/results/train_<platform>_<dtype>.json)")
     args = parser.parse_args()
 
     results = []
     for case in args.cases:
         name, batch, context = (case.split(":") + ["8", "256"])[:3]
-        result = measure(name, int(batch), int(context), args.dtype, args.steps, args.warmup)
+        result = measure(name, int(batch), int(context), args.dtype, args.steps, args.warmup, args.grad_accum, args.remat)
         print(json.dumps(result), flush=True)
         results.append(result)
     info = machine()
@@ -124,7 +137,7 @@ def main() -> None:
         "command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": info,
-        "flop_formula": "6*N_matmul + 6*n_layers*context*d_model per token (PaLM appendix B); N_matmul = "
+        "flop_formula": "6*N_matmul + 12*n_layers*context*d_model per token (PaLM appendix B); N_matmul = "
                         "block matrices + output head (V*D, counted even when tied), not the embedding lookup",
         "results": results,
     }

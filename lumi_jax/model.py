@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -132,6 +133,18 @@ def _masked_attention_bwd(residuals, d_out):
 
 masked_attention.defvjp(_masked_attention_fwd, _masked_attention_bwd)
 
+ATTENTION_ENV = "LUMI_ATTENTION"  # "fused" or "custom": override the choice by platform (for tests)
+
+
+def fused_attention_wanted() -> bool:
+    """JAX's dot_product_attention (cuDNN's fused kernel on a GPU, never materialising the scores)
+    on accelerators; the heads-major core with its own backward on a CPU, where XLA has no
+    fused kernel and the core above measured faster."""
+    choice = os.environ.get(ATTENTION_ENV)
+    if choice in ("fused", "custom"):
+        return choice == "fused"
+    return jax.default_backend() == "gpu"
+
 
 class Attention(nn.Module):
     """Causal self-attention with RoPE and grouped-query heads (N key/value heads, H ≥ N)."""
@@ -154,6 +167,10 @@ class Attention(nn.Module):
         # Residual projections start smaller so the residual stream's variance stays ~1 in depth.
         out_std = 0.02 / math.sqrt(2 * c.n_layers)
 
+        if layer_cache is None and fused_attention_wanted():  # a GPU: cuDNN's fused kernel
+            out_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTNK, v_BTNK, mask=mask_BTS[:, None])
+            out_BTD = out_BTHK.reshape(B, T, H * K).astype(compute_dtype(c))
+            return _dense(c.d_model, "wo", c, out_std)(out_BTD), None
         if layer_cache is None:  # training and scoring: heads first, the custom backward
             q_BNGTK = q_BTHK.reshape(B, T, N, G, K).transpose(0, 2, 3, 1, 4)
             k_BNSK, v_BNSK = k_BTNK.transpose(0, 2, 1, 3), v_BTNK.transpose(0, 2, 1, 3)

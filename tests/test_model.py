@@ -155,3 +155,21 @@ def test_attention_backward_equals_autodiff_of_the_plain_formulation():
     np.testing.assert_allclose(ours[0], reference[0], atol=1e-5)
     for mine, theirs in zip(ours[1](cotangent), reference[1](cotangent), strict=True):
         np.testing.assert_allclose(mine, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_the_fused_attention_path_gives_the_same_logits_and_gradients(micro_config, monkeypatch):
+    """The accelerator path (jax.nn.dot_product_attention) against the CPU's custom core."""
+    params = init_params(micro_config, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, micro_config.vocab_size)
+    segments = jnp.array([[0] * 6 + [1] * 10, [0] * 16])
+
+    def loss(params):
+        return jnp.mean(forward(micro_config, params, tokens, segments_BT=segments) ** 2)
+
+    results = {}
+    for choice in ("custom", "fused"):
+        monkeypatch.setenv("LUMI_ATTENTION", choice)
+        results[choice] = jax.value_and_grad(loss)(params)  # not jitted: each choice traces afresh
+    np.testing.assert_allclose(results["custom"][0], results["fused"][0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(results["custom"][1]), jax.tree.leaves(results["fused"][1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
