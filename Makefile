@@ -6,6 +6,9 @@ PYTHON_SYSTEM ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
+# The tests also load exports in transformers (tests/test_interop.py): the `interop` extra (a CPU
+# torch wheel and transformers) is installed for `make test` only, never for the sessions.
+TEST_STAMP := $(VENV)/.install-test-stamp
 CONFIG ?= config/architectures/tiny.json
 
 .DEFAULT_GOAL := help
@@ -24,7 +27,11 @@ help: ## list the targets
 
 install: $(STAMP) ## create .venv and install lumi_jax with its dev tools
 
-test: $(STAMP) ## run the test suite
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,interop]'
+	@touch $(TEST_STAMP)
+
+test: $(TEST_STAMP) ## run the test suite
 	$(PY) -m pytest
 
 lint: $(STAMP) ## ruff over the package, tests and benchmarks
@@ -78,9 +85,22 @@ evaluate-quick: $(STAMP) ## the same on a fixed validation subset, with shorter 
 assess-performance: $(STAMP) ## findings with recommendations and a grade for MODEL_PATH; RUNS="a b" compares runs
 	$(PY) -m lumi_jax.cli assess $(if $(RUNS),--compare $(RUNS),$(RUN_ARG))
 
+# find hands each path to rm as one argument (-exec ... {} +): a space, quote or newline in a
+# path never splits it into others (`runs/old notes/__pycache__` is never `runs/old`).
+# Export: `make export MODEL_PATH=runs/tiny` writes a transformers directory (exports/tiny-hf);
+# FORMAT=llama2c writes run.c's exports/tiny.bin and exports/tokenizer.bin. EXPORT_OUT and
+# DTYPE=bfloat16 (hf only) are optional. (`OUT` belongs to prepare.)
+EXPORT_FORMAT = $(or $(FORMAT),hf)
+EXPORT_NAME = $(notdir $(patsubst %/,%,$(MODEL_PATH)))
+
+.PHONY: export
+export: $(STAMP) ## export MODEL_PATH as FORMAT (hf or llama2c) into EXPORT_OUT (exports/NAME-hf or exports/NAME.bin); DTYPE
+	@test -n '$(MODEL_PATH)' || { echo "error: name the run: make export MODEL_PATH=runs/NAME [FORMAT=hf|llama2c]" >&2; exit 2; }
+	$(PY) -m lumi_jax.cli export --run '$(MODEL_PATH)' --format '$(EXPORT_FORMAT)' --out '$(or $(EXPORT_OUT),exports/$(EXPORT_NAME)$(if $(filter llama2c,$(EXPORT_FORMAT)),.bin,-hf))' $(if $(DTYPE),--dtype '$(DTYPE)')
+
 clean: ## remove caches and temporary files (never data, runs, checkpoints or session logs)
-	find . -path ./$(VENV) -prune -o -type d \( -name __pycache__ -o -name .pytest_cache -o -name .ruff_cache \) -print | xargs rm -rf
-	rm -rf build dist *.egg-info .tmp
+	find . -path ./$(VENV) -prune -o -type d \( -name __pycache__ -o -name .pytest_cache -o -name .ruff_cache \) -prune -exec rm -rf -- {} +
+	rm -rf -- build dist *.egg-info .tmp
 
 # ---------------------------------------------------------------------------------------------
 # Sessions (python -m lumi_jax.session NAME). SESSION_TIME (minutes), CONFIG, MODEL_PATH and DATA

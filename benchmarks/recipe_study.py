@@ -153,7 +153,7 @@ def main() -> int:
         raise SystemExit(f"{CORPUS}: not found; the study needs the shared War and Peace text")
     load_before = os.getloadavg()
     grid = [(shape, 512, lr) for shape in SHAPES for lr in ((1e-3, 3e-3) if args.grid == "full" else (2e-3,))]
-    grid += [("d96-l3", vocab, 2e-3) for vocab in (256, 1024)] if args.grid == "full" else []
+    grid += [("d96-l3", vocab, 2e-3) for vocab in (1024, 2048)] if args.grid == "full" else []
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "cpus": os.cpu_count(), "load_average_before": load_before},
               "data": {"corpus": str(CORPUS.relative_to(REPO.parent)), "train_bytes": TRAIN_BYTES,

@@ -32,6 +32,7 @@ from lumi_jax.config import (
     read_json,
 )
 from lumi_jax.errors import UserError
+from lumi_jax.tables import print_table
 
 GIB = 1024**3
 MIB = 1024**2
@@ -347,7 +348,7 @@ def print_report(reports: list[dict[str, Any]], skipped: list[str]) -> None:
                        _human(p["mlp"]), _human(p["norms"]), _human(p["head"]) if p["head"] else "tied",
                        "✓" if p["closed_form"] == p["total"] else f"✗ {p['closed_form']:,}",
                        f"{r['published_params']:,}" if r["published_params"] else "")
-    console.print(counts)
+    print_table(console, counts)
 
     memory = Table(title=f"Memory (training: AdamW, batch × seq; device: {reports[0]['memory']['device']['name']}"
                          f", {_gib(reports[0]['memory']['device']['bytes'] or 0)})")
@@ -360,7 +361,7 @@ def print_report(reports: list[dict[str, Any]], skipped: list[str]) -> None:
                        _gib(t["float32_remat"]["total"]), _gib(t["bfloat16"]["total"]),
                        _gib(t["bfloat16_remat"]["total"]),
                        f"{_gib(m['inference']['total'])} (KV {_gib(m['inference']['kv_cache'])})")
-    console.print(memory)
+    print_table(console, memory)
 
     checks = Table(title="LLaMA conformance")
     checks.add_column("model")
@@ -371,16 +372,16 @@ def print_report(reports: list[dict[str, Any]], skipped: list[str]) -> None:
         verdict = "[green]all pass[/]" if not warnings else f"[yellow]{len(warnings)} warning(s)[/]"
         details = "; ".join(f"{c['name']}: {c['detail']}" for c in warnings) or f"{len(r['conformance'])} checks"
         checks.add_row(r["name"], verdict, details)
-    console.print(checks)
+    print_table(console, checks)
 
     references = Table(title="Reference models (published count vs the count of their shape here)")
     for column in ("reference", "shape", "published", "computed here", "closest of yours"):
-        references.add_column(column)
+        references.add_column(column, justify="right" if column == "computed here" else "left")
     for ref in reference_table():
         closest = [r["name"] for r in reports if r["nearest_reference"]["name"] == ref["name"]]
         references.add_row(ref["name"], ref["shape"], ref["published"], f"{ref['computed_params']:,}",
                            ", ".join(closest))
-    console.print(references)
+    print_table(console, references)
 
     for r in reports:
         for note in r["suggestions"]:

@@ -39,7 +39,7 @@ from lumi_jax.step import initial_state, jit_train_step
 CANDIDATE_SHAPES = ((64, 2, 2), (96, 3, 3), (128, 4, 4), (192, 4, 6), (256, 6, 8))
 TOKENS_PER_PARAM = 20  # Chinchilla's compute-optimal ratio (Hoffmann et al., 2022)
 MAX_EPOCHS = 4  # repeated data is worth nearly as much as new up to ~4 passes (Muennighoff et al., 2023)
-BYTES_PER_VOCAB_ID = 2000  # vocabulary ≈ corpus bytes / 2000, as a power of two in [256, 32000]
+BYTES_PER_VOCAB_ID = 2000  # vocabulary ≈ corpus bytes / 2000, as a power of two in [512, 32000]
 LR_WIDTH, LR_MAX, LR_MIN = 0.024, 3e-3, 3e-4
 TRAINING_SHARE = 0.85  # of the budget, for update steps (the rest: compiling, evaluating, saving)
 MEASURE_STEPS = 5
@@ -47,10 +47,11 @@ CACHE_ENV = "LUMI_THROUGHPUT_CACHE"
 
 
 def vocab_for_corpus(corpus_bytes: int) -> int:
-    """A power of two near corpus_bytes / BYTES_PER_VOCAB_ID, in [256, 32000]: a small text cannot
+    """A power of two near corpus_bytes / BYTES_PER_VOCAB_ID, in [512, 32000] (below 512 the 256 byte
+    pieces, the special ids and the template markers leave too few merges): a small text cannot
     fill a large vocabulary (rare pieces get no training), a large one compresses better with one."""
     wanted = max(corpus_bytes, 1) / BYTES_PER_VOCAB_ID
-    return int(min(32000, max(256, 2 ** round(math.log2(max(wanted, 1))))))
+    return int(min(32000, max(512, 2 ** round(math.log2(max(wanted, 1))))))
 
 
 def batch_shape(budget_s: float) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from lumi_jax.errors import exit_on_user_error
@@ -27,6 +28,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("lumi_jax.generate", "continue prompts with a trained run (KV cache, sampling, streaming, --chat)"),
     "evaluate": ("lumi_jax.evaluate", "validation loss, perplexity, bits per byte, baselines and samples into eval.json/eval.md"),
     "assess": ("lumi_jax.assess", "findings, recommendations and a grade for a run; --compare puts runs side by side"),
+    "export": ("lumi_jax.interop.export_command", "a run for Hugging Face transformers (--format hf) or llama2.c "
+               "(--format llama2c)"),
+    "import": ("lumi_jax.interop.import_command", "a local Hugging Face LLaMA checkpoint (config.json + safetensors) "
+               "into runs/NAME"),
+    "launch": ("lumi_jax.launch", "run a lumi command as N joined processes on this machine (multi-host, "
+               "locally: lumi launch --processes 2 -- train ...)"),
     "session": ("lumi_jax.session", "run a time-boxed session (quick, prototype, experiment, evaluation, "
                 "architecture) or a tool; `lumi session --help` lists them"),
     "status": ("lumi_jax.sessions.status", "datasets, runs, the latest session, disk, device, and what to run next"),
@@ -51,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return run_command(argv)
+    except BrokenPipeError:  # `lumi generate ... | head`: the reader has gone, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
+
+
+def run_command(argv: list[str]) -> int:
     with exit_on_user_error():
         if not argv or argv[0] not in COMMANDS:
             parser = build_parser()

@@ -176,6 +176,8 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise UserError(f"{path}: is not UTF-8 text; give a JSON config file") from None
+    except PermissionError as error:
+        raise UserError(f"{path}: cannot be read ({error.strerror}); check its permissions") from None
     except json.JSONDecodeError as error:
         raise UserError(
             f"{path}: invalid JSON at line {error.lineno} column {error.colno} ({error.msg}); fix the syntax"

@@ -64,6 +64,7 @@ QUICK_SAMPLE_TOKENS = 32
 REPETITION_N = 4
 EXACT_MATCH_EXAMPLES = 200
 QUICK_EXACT_MATCH_EXAMPLES = 50
+SCORING_SHARE = 0.5  # of a time-limited evaluation, for scoring windows; the rest is samples and exact match
 LN2 = math.log(2)
 
 
@@ -134,9 +135,12 @@ def _window_sums(params, batch, *, config: ModelConfig):
 
 
 def score_split(config: ModelConfig, params, split, tokenizer, *, context: int, max_windows: int | None,
-                unigram_log_p: np.ndarray, batch_size: int = EVAL_BATCH_SIZE) -> dict[str, Any]:
+                unigram_log_p: np.ndarray, batch_size: int = EVAL_BATCH_SIZE,
+                deadline: float | None = None) -> dict[str, Any]:
     """Score the split's windows in order (all, or the first `max_windows`) with the model and the
-    baselines; every target token counts once, weighted by the dataset's loss mask."""
+    baselines; every target token counts once, weighted by the dataset's loss mask. Past
+    `deadline` (a perf_counter time) it stops after the batch in hand, having scored at least
+    QUICK_WINDOWS windows: a time-boxed session then reports the first windows, and says so."""
     byte_lengths = token_byte_lengths(tokenizer)
     max_batches = None if max_windows is None else -(-max_windows // batch_size)
     model_nats, unigram_nats, tokens, n_bytes = 0.0, 0.0, 0.0, 0
@@ -154,6 +158,8 @@ def score_split(config: ModelConfig, params, split, tokenizer, *, context: int, 
         weights = batch.weights.astype(np.float64)
         unigram_nats += float(-(unigram_log_p[batch.targets] * weights).sum())
         n_bytes += int((byte_lengths[batch.targets] * (weights > 0)).sum())
+        if deadline is not None and time.perf_counter() > deadline and sum(map(len, window_nats)) >= QUICK_WINDOWS:
+            break
     if tokens == 0:
         raise UserError(f"{split.dataset_path}: the {split.name} split has no scored tokens; prepare data with "
                         "a validation split (lumi prepare --val-fraction)")
@@ -292,13 +298,20 @@ def open_run_dataset(loaded, data_dir: str | Path | None):
         raise UserError(f"{data_dir}: was tokenised with another tokenizer than the run {loaded.path} "
                         f"(sha256 {dataset.tokenizer_sha256[:12]} vs {loaded.tokenizer.sha256[:12]}); evaluate on "
                         f"the run's own data, or prepare this text with --tokenizer {loaded.path}/tokenizer.model")
+    dataset.check_ids(loaded.model_config.vocab_size)  # an id outside the vocabulary would score as nan
     return Path(data_dir), dataset
 
 
 def evaluate_loaded(loaded, data_dir: str | Path | None = None, *, quick: bool = False,
-                    samples: bool = True, prompts_path: Path = PROMPTS_PATH) -> dict[str, Any]:
-    """Evaluate an already loaded run (`lumi_jax.runs.load_run`); returns the eval.json content."""
+                    samples: bool = True, prompts_path: Path = PROMPTS_PATH,
+                    time_limit_s: float | None = None) -> dict[str, Any]:
+    """Evaluate an already loaded run (`lumi_jax.runs.load_run`); returns the eval.json content.
+
+    `time_limit_s`: a session's evaluation must end on time. Scoring stops at SCORING_SHARE of
+    it (after at least the quick windows; `whole_split` then says false), and the samples are
+    the quick ones when less than a minute is left for them."""
     started = time.perf_counter()
+    deadline = None if time_limit_s is None else started + SCORING_SHARE * time_limit_s
     data_dir, dataset = open_run_dataset(loaded, data_dir)
     # Scored in float32 whatever the training compute dtype: the reported number is the model's,
     # not bfloat16 rounding's (parameters are float32 in every checkpoint).
@@ -307,7 +320,7 @@ def evaluate_loaded(loaded, data_dir: str | Path | None = None, *, quick: bool =
     val_split = dataset.split("val")
     unigram = unigram_log_probs(dataset.split("train").tokens, config.vocab_size)
     validation = score_split(config, loaded.params, val_split, loaded.tokenizer, context=context,
-                             max_windows=QUICK_WINDOWS if quick else None, unigram_log_p=unigram)
+                             max_windows=QUICK_WINDOWS if quick else None, unigram_log_p=unigram, deadline=deadline)
     whole = validation["windows"] == -(-(len(val_split) - 1) // context)
     validation["whole_split"] = whole
     validation["context"] = context
@@ -327,12 +340,13 @@ def evaluate_loaded(loaded, data_dir: str | Path | None = None, *, quick: bool =
         "samples": None,
         "exact_match": None,
     }
+    hurried = time_limit_s is not None and started + time_limit_s - time.perf_counter() < 60
     if samples:
         report["samples"] = sample_prompts(config, loaded.params, loaded.tokenizer, load_prompts(prompts_path),
-                                           max_new_tokens=QUICK_SAMPLE_TOKENS if quick else SAMPLE_TOKENS,
+                                           max_new_tokens=QUICK_SAMPLE_TOKENS if quick or hurried else SAMPLE_TOKENS,
                                            reference_split=val_split)
     if dataset.meta.get("kind") == "instructions":
-        examples = held_out_examples(data_dir)[:QUICK_EXACT_MATCH_EXAMPLES if quick else EXACT_MATCH_EXAMPLES]
+        examples = held_out_examples(data_dir)[:QUICK_EXACT_MATCH_EXAMPLES if quick or hurried else EXACT_MATCH_EXAMPLES]
         if examples:
             report["exact_match"] = exact_match(config, loaded.params, loaded.tokenizer, examples)
     report["seconds"] = round(time.perf_counter() - started, 2)
@@ -340,10 +354,11 @@ def evaluate_loaded(loaded, data_dir: str | Path | None = None, *, quick: bool =
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, quick: bool = False,
-                 step: int | None = None, samples: bool = True, write: bool = True) -> dict[str, Any]:
+                 step: int | None = None, samples: bool = True, write: bool = True,
+                 time_limit_s: float | None = None) -> dict[str, Any]:
     """Evaluate runs/NAME; with `write`, save runs/NAME/eval.json and eval.md. Returns the report."""
     loaded = load_run(run_dir, step=step)
-    report = evaluate_loaded(loaded, data_dir, quick=quick, samples=samples)
+    report = evaluate_loaded(loaded, data_dir, quick=quick, samples=samples, time_limit_s=time_limit_s)
     if write:
         write_json_atomic(Path(run_dir) / "eval.json", report)
         write_text_atomic(Path(run_dir) / "eval.md", render_markdown(report))

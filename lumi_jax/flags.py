@@ -160,13 +160,32 @@ def add_train_flags(parser: argparse.ArgumentParser, exclude: Iterable[str] = fr
                            "(default: all devices on data)")
 
 
-def train_config_from_flags(args: argparse.Namespace, base: dict, source: str = "command line") -> TrainConfig:
-    """`base` (a recipe's or a stored run's settings) overridden by the flags given, then validated."""
+def short_run_warmup(values: dict, args: argparse.Namespace, note=print) -> None:
+    """`--steps N` without `--warmup`: the warmup is at most a tenth of the steps asked for.
+
+    The default warmup (100) is longer than a 40-step run, which would then be refused; a user who
+    asks for a short run gets one, told in one line. An explicit --warmup is always kept."""
+    steps = getattr(args, "steps", None)
+    if steps is None or getattr(args, "warmup", None) is not None or not isinstance(values.get("warmup"), int):
+        return
+    scaled = min(values["warmup"], max(steps, 0) // 10)
+    if scaled != values["warmup"]:
+        note(f"warmup {values['warmup']} -> {scaled} steps (a tenth of --steps {steps}); give --warmup N to choose it")
+        values["warmup"] = scaled
+
+
+def train_config_from_flags(args: argparse.Namespace, base: dict, source: str = "command line", *,
+                            scale_warmup: bool = False) -> TrainConfig:
+    """`base` (a recipe's or a stored run's settings) overridden by the flags given, then validated.
+    `scale_warmup`: a new run's warmup shrinks to fit a short --steps (short_run_warmup); not for a
+    run being continued, whose warmup is part of what it is."""
     values = dict(base)
     for field in dataclasses.fields(TrainConfig):
         value = getattr(args, field.name, None)  # None: not given (or not a flag of this command)
         if value is not None:
             values[field.name] = value
+    if scale_warmup:
+        short_run_warmup(values, args)
     mesh = getattr(args, "mesh", None)
     if mesh is not None:
         if getattr(args, "mesh_data", None) is not None or getattr(args, "mesh_fsdp", None) is not None:

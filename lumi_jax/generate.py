@@ -45,6 +45,7 @@ from lumi_jax.model import Transformer, init_cache
 from lumi_jax.runs import latest_run, load_run
 
 MIN_PROMPT_BUCKET = 8
+DEFAULT_NEW_TOKENS = 128
 MIN_NEW_TOKENS_BUCKET = 16
 
 
@@ -306,7 +307,7 @@ class TextStreamer:
         self.file = file or sys.stdout
         self.ids: list[int] = []
         self.printed = 0
-        self.finished = False
+        self.finished = self.reader_gone = False
 
     def __call__(self, _step: int, tokens_B: np.ndarray) -> None:
         token = int(tokens_B[self.row])
@@ -317,8 +318,12 @@ class TextStreamer:
         text = self.tokenizer.decode(self.ids)
         if text.endswith("\ufffd"):  # a byte-fallback character that is not complete yet
             return
-        self.file.write(text[self.printed:])
-        self.file.flush()
+        try:
+            self.file.write(text[self.printed:])
+            self.file.flush()
+        except BrokenPipeError:  # the reader has gone (`| head`): stop printing; the CLI exits quietly
+            self.finished = self.reader_gone = True
+            return
         self.printed = len(text)
 
 
@@ -362,7 +367,10 @@ def read_prompts_file(path: Path) -> list[str]:
     """A .json file (a list of strings, or {category: [strings]}) or a text file, one prompt a line."""
     if not path.is_file():
         raise UserError(f"{path}: no such prompts file; give a text file (one prompt a line) or a JSON list")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: is not UTF-8 text; give a text file (one prompt a line) or a JSON list") from None
     if path.suffix == ".json":
         try:
             data = json.loads(text)
@@ -390,7 +398,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "JSON list (config/evaluation/prompts.json works)")
     source.add_argument("--chat", action="store_true", help="fine-tuned runs: apply the instruction "
                         "template and answer each line typed (Ctrl-D ends)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate per prompt (default "
+                        f"{DEFAULT_NEW_TOKENS}, or half the model's context when that is shorter)")
     parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
     parser.add_argument("--top-k", type=int, default=0, help="keep only the k most likely tokens (0: off)")
     parser.add_argument("--top-p", type=float, default=0.95, help="keep the smallest set with this much "
@@ -418,7 +427,7 @@ def _chat_loop(loaded, config: ModelConfig, sampling: Sampling, args) -> int:
     while True:
         try:
             line = input("> ")
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):  # end of input or Ctrl-C: the chat ends
             print(file=sys.stderr)
             return 0
         if not line.strip():
@@ -441,6 +450,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size is {args.batch_size}; use a positive number of prompts")
     loaded = load_run(args.run or latest_run(), step=args.step)
     config = inference_config(loaded.model_config)
+    if args.max_new_tokens is None:  # micro's context is 128: the default must leave room for the prompt
+        args.max_new_tokens = min(DEFAULT_NEW_TOKENS, config.max_seq_len // 2)
+    if not 1 <= args.max_new_tokens < config.max_seq_len:  # checked before the prompt is echoed, not glued to it
+        raise UserError(f"--max-new-tokens is {args.max_new_tokens}; use 1 to {config.max_seq_len - 1} "
+                        f"(model '{config.name}' has a context of {config.max_seq_len})")
     if args.chat:
         return _chat_loop(loaded, config, sampling, args)
     prompts = read_prompts_file(args.prompts) if args.prompts else (args.prompt or [""])

@@ -2,13 +2,13 @@
 
 FLOP formula (PaLM, appendix B; what MaxText and nanoGPT use), per trained token:
 
-    6 · N_matmul  +  6 · n_layers · context · d_model
+    6 · N_matmul  +  12 · n_layers · context · d_model
 
 N_matmul counts every weight that multiplies activations: all block matrices plus the output
 head (V · D, also when it is tied to the embedding), but not the embedding lookup, which is a
 gather. The second term is the attention scores and weighted sum (QKᵀ and AV: 2 matmuls of
-T · D per token forward, ×3 for forward + backward), counted over the full causal square as
-PaLM does. MFU = FLOPs per token × tokens/s ÷ the device's dense peak.
+2 · T · D FLOPs per token forward, ×3 for forward + backward), counted over the full causal
+square as PaLM does. MFU = FLOPs per token × tokens/s ÷ the device's dense peak.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 
 from lumi_jax.config import ModelConfig
 from lumi_jax.errors import UserError
+from lumi_jax.files import write_text_atomic
 
 # Dense peak FLOP/s per device (bf16 tensor cores on GPUs). Matched as substrings of device_kind.
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
@@ -41,7 +42,10 @@ def matmul_params(config: ModelConfig) -> int:
 
 
 def flops_per_token(config: ModelConfig, context: int) -> float:
-    return 6.0 * matmul_params(config) + 6.0 * config.n_layers * context * config.d_model
+    """Training FLOPs per token, PaLM's formula (Chowdhery et al., 2022, appendix B): 6·N for the
+    matmul weights plus 12·L·T·D for attention (its scores and weighted sum, forward and
+    backward, counted over the whole T×T square as PaLM does, though causal masking skips half)."""
+    return 6.0 * matmul_params(config) + 12.0 * config.n_layers * context * config.d_model
 
 
 def cpu_peak_flops() -> tuple[float, str]:
@@ -102,7 +106,7 @@ class MetricsLog:
         if not self.enabled or not self.path.exists():
             return
         kept = [json.dumps(record) for record in read_metrics(self.path) if record.get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))  # a crash keeps the old file whole
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -137,8 +141,9 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def _duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "–"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+    sign, seconds = ("-" if seconds < 0 else ""), int(abs(seconds))  # -22 s is -0:22, not -1:38
+    whole = f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+    return sign + whole
 
 
 class ProgressDisplay:

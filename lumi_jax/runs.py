@@ -61,6 +61,8 @@ def is_run(path: Path) -> bool:
 def load_run(run_dir: str | Path, step: int | None = None) -> LoadedRun:
     """The run's latest good checkpoint (or exactly `step`), with its configs and tokenizer."""
     path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: is a file, not a run directory; give the directory lumi train wrote (e.g. runs/NAME)")
     if not path.is_dir():
         raise UserError(f"{path}: no such run directory; train one with: lumi train --out {path} ...")
     if not is_run(path):
@@ -73,6 +75,10 @@ def load_run(run_dir: str | Path, step: int | None = None) -> LoadedRun:
     train_config = train_config_from_dict(config["train"], f"{source} (train)")
     tokenizer_path = path / "tokenizer.model"
     if not tokenizer_path.is_file():
+        imported = (config.get("imported_from") or {}).get("path")
+        if imported:
+            raise UserError(f"{path}: was imported from {imported}, which has no SentencePiece tokenizer.model; "
+                            "import it again with --tokenizer PATH/tokenizer.model (or copy one into the run)")
         raise UserError(f"{path}: has no tokenizer.model; copy the dataset's tokenizer.model into the run")
     tokenizer = Tokenizer.load(tokenizer_path)
     expected_sha = config.get("data", {}).get("tokenizer_sha256")
@@ -87,7 +93,7 @@ def load_run(run_dir: str | Path, step: int | None = None) -> LoadedRun:
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
                             param_shapes(model_config))
-    restored = store.restore_latest_good(abstract, step=step)
+    restored = store.restore_latest_good(abstract, step=step, expect_model=model_config.to_dict())
     store.close()
     if restored is None:
         raise UserError(f"{path}: has no checkpoints yet; let training run past its first save (--save-every)")

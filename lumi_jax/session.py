@@ -109,6 +109,9 @@ def add_timed_arguments(parser: argparse.ArgumentParser, session: TimedSession) 
                         help="training steps (default: the session's recipe); lower it to scale a session down")
     parser.add_argument("--data-mb", type=positive_number, metavar="MB",
                         help="size of the generated sample corpus in MB (default: the session's)")
+    parser.add_argument("--processes", type=positive_whole_number, default=1,
+                        help="quick session: train as this many joined processes on this machine (lumi launch), "
+                        "the multi-host path; the other steps stay in one process (Make: PROCESSES)")
 
 
 def build_parser(prog: str = PROG) -> ArgumentParser:
@@ -161,6 +164,12 @@ def check_timed_options(name: str, args: argparse.Namespace) -> None:
                                 f"tfds:NAME, or one of: {', '.join(named_sources())}")
         if name in ("evaluation", "architecture"):
             raise UserError(f"DATA / --data applies to training sessions, not '{name}'; leave it unset")
+    if args.processes > 1:
+        if name != "quick":
+            raise UserError(f"PROCESSES / --processes applies to the quick session, not '{name}'; leave it unset")
+        if args.data and not args.data.startswith("sample") and not args.config and args.steps is None:
+            raise UserError("PROCESSES / --processes needs a named model (CONFIG / --model): the auto recipe "
+                            "sizes itself for one process")
     if args.config is not None:
         if name == "evaluation":
             raise UserError(f"CONFIG / --model {args.config}: the evaluation session reads a run, not a model "

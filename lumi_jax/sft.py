@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 
 from lumi_jax.config import load_train_config
 from lumi_jax.data.instructions import held_out_examples
-from lumi_jax.data.loader import TokenDataset
+from lumi_jax.data.loader import TokenDataset, split_checksums
 from lumi_jax.data.tokenizer import BOS_ID
 from lumi_jax.errors import UserError
 from lumi_jax.evaluate import exact_match
@@ -95,31 +96,46 @@ def fit_to_context(dataset_dir: Path, context: int, out_dir: Path, log) -> tuple
         if not ours:
             raise UserError(f"{out_dir} exists and is not a truncated copy made by lumi sft; move it away "
                             "(lumi sft writes examples cut to the context there)")
-        shutil.rmtree(out_dir)  # our own earlier copy; rebuilt from the source every time
-    out_dir.mkdir(parents=True)
-    meta = dict(dataset.meta)
-    for name in ("train", "val"):
-        split = dataset.split(name)
-        tokens, mask = np.asarray(split.tokens), np.asarray(split.mask if split.mask is not None
-                                                               else np.ones(len(split), np.uint8))
-        pieces, mask_pieces, counts = [], [], {"prompt": 0, "response": 0, "": 0}
-        for start, end in zip(*example_bounds(tokens), strict=True):
-            kept, kept_mask, what = truncate_example(tokens[start:end], mask[start:end], max_len)
-            pieces.append(kept)
-            mask_pieces.append(kept_mask)
-            counts[what] += 1
-        np.concatenate(pieces).astype(tokens.dtype).tofile(out_dir / f"{name}.bin")
-        np.concatenate(mask_pieces).astype(np.uint8).tofile(out_dir / f"{name}_mask.bin")
-        meta[f"{name}_tokens"] = int(sum(map(len, pieces)))
-        report["truncated_prompt"][name] = counts["prompt"]
-        report["truncated_response"][name] = counts["response"]
-    meta["truncated_for_context"] = report
-    meta["truncated_from"] = str(dataset_dir)
-    rewritten = {"meta.json", "train.bin", "val.bin", "train_mask.bin", "val_mask.bin"}
-    for extra in Path(dataset_dir).iterdir():  # tokenizer.model, val_examples.jsonl, ...
-        if extra.is_file() and extra.name not in rewritten:
-            shutil.copyfile(extra, out_dir / extra.name)
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    # Written into a hidden sibling and renamed into place when complete (our own earlier copy, rebuilt
+    # from the source every time, is replaced only then): a crash never leaves half a dataset.
+    temporary = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    try:
+        meta = dict(dataset.meta)
+        for name in ("train", "val"):
+            split = dataset.split(name)
+            tokens, mask = np.asarray(split.tokens), np.asarray(split.mask if split.mask is not None
+                                                                   else np.ones(len(split), np.uint8))
+            pieces, mask_pieces, counts = [], [], {"prompt": 0, "response": 0, "": 0}
+            for start, end in zip(*example_bounds(tokens), strict=True):
+                kept, kept_mask, what = truncate_example(tokens[start:end], mask[start:end], max_len)
+                pieces.append(kept)
+                mask_pieces.append(kept_mask)
+                counts[what] += 1
+            np.concatenate(pieces).astype(tokens.dtype).tofile(temporary / f"{name}.bin")
+            np.concatenate(mask_pieces).astype(np.uint8).tofile(temporary / f"{name}_mask.bin")
+            meta[f"{name}_tokens"] = int(sum(map(len, pieces)))
+            report["truncated_prompt"][name] = counts["prompt"]
+            report["truncated_response"][name] = counts["response"]
+        meta.update(split_checksums(temporary, np.dtype(dataset.meta["token_dtype"])))
+        meta["truncated_for_context"] = report
+        meta["truncated_from"] = str(dataset_dir)
+        rewritten = {"meta.json", "train.bin", "val.bin", "train_mask.bin", "val_mask.bin"}
+        for extra in Path(dataset_dir).iterdir():  # tokenizer.model, val_examples.jsonl, ...
+            if extra.is_file() and extra.name not in rewritten:
+                shutil.copyfile(extra, temporary / extra.name)
+        write_json_atomic(temporary / "meta.json", meta)
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.replaced-{os.getpid()}"
+            out_dir.rename(old)
+            temporary.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            temporary.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     for name in ("train", "val"):
         cut_prompt, cut_response = report["truncated_prompt"][name], report["truncated_response"][name]
         if cut_prompt or cut_response:
@@ -156,6 +172,7 @@ def check_instruction_data(data_dir: Path, tokenizer_sha256: str, from_run: Path
         raise UserError(f"{data_dir} is {dataset.meta['kind']} data, not instructions; fine-tune on instruction "
                         "data (lumi prepare --source sample-instructions, or a .jsonl of instruction/input/output "
                         "or messages records), or continue pretraining with lumi train")
+    dataset.check_ids()
     return dataset
 
 
@@ -241,7 +258,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    train_config = train_config_from_flags(args, load_train_config(args.recipe).to_dict())
+    train_config = train_config_from_flags(args, load_train_config(args.recipe).to_dict(), scale_warmup=True)
     fine_tune(args.from_run, args.data, args.out, train_config, lora_rank=args.lora_rank,
               lora_alpha=args.lora_alpha, eval_examples=args.eval_examples, show_progress=not args.quiet)
     return 0

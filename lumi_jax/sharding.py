@@ -14,14 +14,22 @@ every sharding is trivial and the same code runs unchanged.
 Several hosts: launch the same command on every host with JAX_COORDINATOR_ADDRESS=host:port,
 JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=i set (or under SLURM / Open MPI, which JAX detects),
 and `initialize_distributed` calls `jax.distributed.initialize` before anything touches a device.
+`lumi launch --processes N` does this on one machine (launch.py).
+
+Several processes must also take the same decisions: every one runs the same steps and joins the
+same saves, or the job deadlocks in a collective. A decision made from a signal or a clock (stop
+now, the time budget, a schedule sized to the deadline) is agreed with `any_process` and
+`from_process_0`; with one process both return their argument unchanged.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from lumi_jax.errors import UserError
@@ -51,6 +59,33 @@ def initialize_distributed() -> bool:
         jax.distributed.initialize()  # JAX reads the SLURM / Open MPI variables itself
         return True
     return False
+
+
+def any_process(flags: list[bool]) -> list[bool]:
+    """Each flag True on every process when it is True on any of them, in one small collective
+    (~2 ms between two local CPU processes): a stop request (a signal, the time budget) that
+    reached only some processes stops them all at the same step."""
+    if jax.process_count() == 1:
+        return [bool(flag) for flag in flags]
+    sharding, reduce_max = _flag_reduction()
+    local = np.tile(np.asarray(flags, np.int32), (jax.local_device_count(), 1))
+    return [bool(value) for value in np.asarray(reduce_max(jax.make_array_from_process_local_data(sharding, local)))]
+
+
+@functools.cache
+def _flag_reduction():
+    """A row of flags per device, and the compiled max over them (replicated on every process)."""
+    mesh = Mesh(np.asarray(jax.devices()), ("all",))
+    return (NamedSharding(mesh, PartitionSpec("all")),
+            jax.jit(lambda rows: rows.max(axis=0), out_shardings=NamedSharding(mesh, PartitionSpec())))
+
+
+def from_process_0(values: list[float]) -> list[float]:
+    """Process 0's `values` on every process (as float32): numbers read from a clock (step times,
+    the time left) differ between processes, and a plan made from them must not."""
+    if jax.process_count() == 1:
+        return [float(value) for value in values]
+    return [float(value) for value in multihost_utils.broadcast_one_to_all(np.asarray(values, np.float32))]
 
 
 def make_mesh(data: int = 0, fsdp: int = 1) -> Mesh:

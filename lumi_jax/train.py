@@ -24,7 +24,6 @@ import dataclasses
 import math
 import shutil
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +61,7 @@ from lumi_jax.metrics import (
 )
 from lumi_jax.model import param_shapes
 from lumi_jax.optim import SchedulePlan, make_optimizer
+from lumi_jax.run_lock import LOCK_NAME, RunLock
 from lumi_jax.runs import check_resume_matches, run_identity_hash, versions
 from lumi_jax.step import (
     FULL_TRAINING,
@@ -93,6 +93,7 @@ def open_dataset(data_path: Path, model_config: ModelConfig, context: int):
             f"context {context} is longer than model '{model_config.name}' max_seq_len "
             f"{model_config.max_seq_len}; use --context {model_config.max_seq_len} or less"
         )
+    dataset.check_ids(model_config.vocab_size)  # ids outside the vocabulary: refused, naming the file
     return dataset
 
 
@@ -175,6 +176,7 @@ class Trainer:
             tensorboard_writer_class()  # a missing package is found before anything is written
         self.mesh = shard.make_mesh(train_config.mesh_data, train_config.mesh_fsdp)
         shard.check_batch_divides(train_config.batch_size, train_config.grad_accum, self.mesh)
+        data_loader.check_batch_fits(train_config.batch_size, self.context)
         if train_config.batch_size % jax.process_count():
             raise UserError(f"batch_size {train_config.batch_size} does not divide among {jax.process_count()} "
                             f"hosts; use a multiple of {jax.process_count()}")
@@ -216,7 +218,7 @@ class Trainer:
         if existing:
             check_resume_matches(stored, self.model_config, self.train_config, self.dataset, run_dir,
                                  self.trained_kind.record())
-        elif run_dir.exists() and any(run_dir.iterdir()):
+        elif run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
             raise UserError(f"{run_dir}: exists and is not a lumi run (no config.json); choose a new or empty --out")
         elif resume:
             raise UserError(f"{run_dir}: no run to resume (no config.json); drop --resume to start a new run there")
@@ -270,9 +272,7 @@ class Trainer:
             abstract_with_shardings(abstract_params, shard.state_shardings(abstract_params, mesh)),
             abstract_with_shardings(resume_item, resume_shardings))
         if self.is_writer:
-            for moved in self.store.set_aside_unreadable(self.run_dir / "checkpoints_unreadable"):
-                print(f"moved the unreadable checkpoint to {moved}; training continues from the one before",
-                      file=sys.stderr, flush=True)
+            self.store.set_aside_unreadable(self.run_dir / "checkpoints_unreadable")
         self.needs_copy_warmup = (restored is None and self.init_params is None
                                   and self.train_config.copy_warmup_steps > 0)
         if restored is None:
@@ -605,13 +605,14 @@ def train(
     enable_compilation_cache()
     trainer = Trainer(train_config, model_config, data_path, out_dir, init_params=init_params,
                       init_from=init_from, trained_kind=trained_kind, show_progress=show_progress)
-    trainer.open_run(resume, record or {})
-    trainer.restore_or_initialise()
-    with StopRequest() as stop:
-        if trainer.needs_copy_warmup:
-            trainer.copy_warm_up(stop)
-        trainer.run_text(stop)
-    return trainer.finish(resume_command or f"lumi train --out {out_dir} --data {data_path} --resume")
+    with RunLock(out_dir, enabled=trainer.is_writer):  # one writer per run, until the summary is written
+        trainer.open_run(resume, record or {})
+        trainer.restore_or_initialise()
+        with StopRequest() as stop:
+            if trainer.needs_copy_warmup:
+                trainer.copy_warm_up(stop)
+            trainer.run_text(stop)
+        return trainer.finish(resume_command or f"lumi train --out {out_dir} --data {data_path} --resume")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -660,6 +661,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         model_config = load_model_config("tiny")
     data_path = Path(args.data)
+    if data_path.exists() and not data_path.is_dir():
+        raise UserError(f"{data_path}: is a file, not a dataset directory; give the directory lumi prepare wrote")
     if not data_path.is_dir():
         raise UserError(f"{data_path}: no such dataset directory; prepare one with: lumi prepare --out {data_path}")
     if args.recipe == "auto" and stored is None:
@@ -671,7 +674,7 @@ def run(args: argparse.Namespace) -> int:
         base.setdefault("schedule", "cosine")  # runs made before time-aware schedules keep their cosine
     else:
         base = TrainConfig().to_dict()
-    train_config = train_config_from_flags(args, base)
+    train_config = train_config_from_flags(args, base, scale_warmup=stored is None)
     summary = train(train_config, model_config, data_path, run_dir, resume=args.resume, show_progress=not args.quiet,
                     record=record)
     if summary["stop_reason"] == "nan":

@@ -87,7 +87,7 @@ def test_report_fields_and_files(runs, quick_report):
     saved = json.loads((run / "eval.json").read_text())
     assert saved == json.loads(json.dumps(quick_report))
     v = quick_report["validation"]
-    assert quick_report["step"] == 100 and quick_report["quick"] is True
+    assert quick_report["step"] == 160 and quick_report["quick"] is True
     assert v["windows"] == evaluate.QUICK_WINDOWS and not v["whole_split"]
     for key in ("loss", "loss_stderr", "perplexity", "bits_per_token", "bits_per_byte", "tokens", "bytes"):
         assert np.isfinite(v[key]) and v[key] > 0, key

@@ -14,12 +14,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "lumi_jax"
 
 # From the ground up (the README's layer table). A name ending in ".*" covers a subpackage.
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
-    ("settings", ("lumi_jax", "errors", "config", "files", "flags")),
-    ("components", ("model", "optim", "sharding", "checkpoint", "metrics", "data", "data.*")),
+    ("settings", ("lumi_jax", "errors", "config", "files", "flags", "tables")),
+    ("components", ("model", "optim", "sharding", "checkpoint", "run_lock", "metrics", "data", "data.*")),
     ("the step", ("step", "lora", "runs")),
-    ("the loop", ("train", "copy_warmup")),
+    ("the loop", ("train", "copy_warmup", "auto_recipe")),
     ("stages", ("sft", "evaluate", "assess", "generate", "architecture", "interop", "interop.*")),
-    ("tools", ("sessions", "sessions.*")),
+    ("tools", ("sessions", "sessions.*", "launch")),
     ("command lines", ("session", "cli")),
 ]
 LAZY_IMPORT_FLOORS = {"tools", "command lines"}  # start-up time: `lumi --help` must not load JAX

@@ -283,3 +283,20 @@ def test_plain_text_data_is_refused(pretrained, capsys):
     status, err = run_cli(["sft", "--from", str(pretrained), "--data", str(pretrained.parent / "stories"),
                            "--out", str(pretrained.parent / "never2"), *SFT_FLAGS], capsys)
     assert status == 2 and "not instructions" in err
+
+
+def test_the_truncated_copy_is_written_atomically_with_its_checksums(instructions_dir, tmp_path, monkeypatch):
+    path, _ = sft.fit_to_context(instructions_dir, 40, tmp_path / "copy", lambda _line: None)
+    copy = loader.TokenDataset(path)
+    assert copy.verify_checksums() == ["train.bin", "train_mask.bin", "val.bin", "val_mask.bin"]
+    copy.check_ids()
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+
+    def crash(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sft, "split_checksums", crash)  # a failure after the token files are written
+    with pytest.raises(OSError):
+        sft.fit_to_context(instructions_dir, 40, tmp_path / "copy", lambda _line: None)
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before  # the earlier copy, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # no temporary left behind

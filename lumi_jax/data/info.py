@@ -47,13 +47,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="a prepared dataset directory, e.g. data/sample")
     parser.add_argument("--samples", type=int, default=3, help="decoded validation windows to show (default 3)")
     parser.add_argument("--sample-tokens", type=int, default=64, help="tokens per shown window (default 64)")
+    parser.add_argument("--verify", action="store_true", help="also check every token file against the sha256 "
+                        "and largest id recorded in meta.json (reads each file once)")
+
+
+def verify_lines(dataset: TokenDataset) -> list[str]:
+    """Check the files against meta.json (a mismatch is a UserError); say what was checked."""
+    dataset.check_ids(against_meta=True)
+    checked = dataset.verify_checksums()
+    ids = f"every token id is below the vocabulary size {dataset.vocab_size}"
+    if not checked:
+        return [f"verified     {ids}; meta.json records no checksums (prepared before they were), so the "
+                "contents could not be compared: prepare again with --force to record them"]
+    return [f"verified     {', '.join(checked)} match their sha256 in meta.json; {ids}"]
 
 
 def run(args: argparse.Namespace) -> int:
     if args.samples < 0 or args.sample_tokens < 1:
-        raise UserError("--samples must be 0 or more and --sample-tokens 1 or more")
+        raise UserError(f"--samples {args.samples} --sample-tokens {args.sample_tokens}: use --samples 0 or more "
+                        "and --sample-tokens 1 or more")
     dataset = TokenDataset(args.dataset)
     print("\n".join(summary_lines(dataset)))
+    if args.verify:
+        print("\n".join(verify_lines(dataset)))
+    elif args.samples:
+        dataset.check_ids()  # an id outside the vocabulary cannot be decoded: say so, not a traceback
     for number, text in enumerate(sample_windows(dataset, args.samples, args.sample_tokens), start=1):
         print(f"\n--- validation window {number} ({args.sample_tokens} tokens) ---")
         print(text)

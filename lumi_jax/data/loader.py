@@ -29,6 +29,52 @@ SPLITS = ("train", "val")
 REQUIRED_META = ("format_version", "kind", "source", "vocab_size", "tokenizer_sha256", "token_dtype",
                  "seed", "train_tokens", "val_tokens", "train_documents", "val_documents",
                  "train_bytes", "val_bytes", "bytes_per_token", "created")
+# Written by `lumi prepare` since the checksums were added; older datasets lack them and still load
+# (their ids are checked all the same; only `lumi data-info --verify` has nothing to compare with).
+CHECKSUM_META = tuple(f"{split}_{fact}" for split in SPLITS for fact in ("sha256", "max_id"))
+CHUNK_ELEMENTS = 1 << 24  # 16M tokens (32 MB of uint16) per pass of a file check: memory stays flat
+
+
+def max_token_id(tokens: np.ndarray) -> int:
+    """The largest id in a token array (a memmap is read in chunks); -1 when it is empty."""
+    highest = -1
+    for start in range(0, len(tokens), CHUNK_ELEMENTS):
+        highest = max(highest, int(np.max(tokens[start:start + CHUNK_ELEMENTS])))
+    return highest
+
+
+def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def unreadable_is_user_error(path: Path) -> Path:
+    """`path`, after checking this process may read it (an unreadable file is the user's to fix)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError as error:
+        raise UserError(f"{path}: cannot be read ({error.strerror}); check its permissions "
+                        f"(e.g. chmod u+r {path})") from None
+    return path
+
+
+def split_checksums(directory: Path, dtype: np.dtype) -> dict[str, Any]:
+    """What `lumi prepare` records of each written split: the sha256 and the largest id of NAME.bin,
+    and the sha256 of NAME_mask.bin when there is one."""
+    facts: dict[str, Any] = {}
+    for name in SPLITS:
+        tokens_path = Path(directory) / f"{name}.bin"
+        facts[f"{name}_sha256"] = file_sha256(tokens_path)
+        size = tokens_path.stat().st_size
+        facts[f"{name}_max_id"] = max_token_id(np.memmap(tokens_path, dtype=dtype, mode="r")) if size else -1
+        mask_path = Path(directory) / f"{name}_mask.bin"
+        if mask_path.is_file():
+            facts[f"{name}_mask_sha256"] = file_sha256(mask_path)
+    return facts
 
 
 class Batch(NamedTuple):
@@ -78,6 +124,9 @@ class TokenDataset:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"{self.path}: is a file, not a dataset directory; give the directory `lumi prepare` "
+                            "wrote (it holds meta.json, train.bin and val.bin)")
         if not self.path.is_dir():
             raise UserError(f"{self.path}: no such dataset directory; create it with "
                             f"`lumi prepare --source sample --out {self.path}`")
@@ -87,7 +136,7 @@ class TokenDataset:
         self.tokenizer_path = self.path / "tokenizer.model"
         if not self.tokenizer_path.is_file():
             self._malformed("has no tokenizer.model")
-        actual_sha256 = hashlib.sha256(self.tokenizer_path.read_bytes()).hexdigest()
+        actual_sha256 = file_sha256(unreadable_is_user_error(self.tokenizer_path))
         if actual_sha256 != self.tokenizer_sha256:
             raise UserError(f"{self.tokenizer_path}: its SHA-256 ({actual_sha256[:12]}) differs from the one in "
                             f"meta.json ({self.tokenizer_sha256[:12]}): the tokenizer was replaced after the "
@@ -103,7 +152,7 @@ class TokenDataset:
         if not meta_path.is_file():
             self._malformed("has no meta.json")
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            meta = json.loads(unreadable_is_user_error(meta_path).read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             self._malformed("meta.json is not valid JSON")
         if not isinstance(meta, dict):
@@ -143,8 +192,61 @@ class TokenDataset:
             mask = np.memmap(mask_path, dtype=np.uint8, mode="r") if expected else np.zeros(0, np.uint8)
         return TokenSplit(name, tokens, mask, self.path)
 
+    def check_ids(self, vocab_size: int | None = None, *, against_meta: bool = False) -> None:
+        """Refuse token files whose ids do not fit the vocabulary (an id >= vocab_size would make
+        the embedding lookup return garbage, and training diverge for no visible reason), and, with
+        `against_meta`, whose largest id is not the one `lumi prepare` recorded. One chunked pass
+        over each memmap."""
+        vocab_size = self.vocab_size if vocab_size is None else vocab_size
+        fix = f"prepare the dataset again with `lumi prepare --source ... --out {self.path} --force`"
+        for name in SPLITS:
+            highest = max_token_id(self.split(name).tokens)
+            if highest >= vocab_size:
+                raise UserError(f"{self.path / (name + '.bin')}: holds token id {highest}, outside the vocabulary "
+                                f"of {vocab_size} ids (0..{vocab_size - 1}): the file is damaged or was made with "
+                                f"another tokenizer; {fix}")
+            recorded = self.meta.get(f"{name}_max_id")
+            if against_meta and recorded is not None and highest != recorded:
+                raise UserError(f"{self.path / (name + '.bin')}: its largest token id is {highest}, but meta.json "
+                                f"recorded {recorded}: the file changed after it was prepared; {fix}")
+
+    def verify_checksums(self) -> list[str]:
+        """Compare each token (and mask) file's sha256 with meta.json; returns what was checked.
+        A mismatch is a UserError naming the file and the fix; a dataset prepared before the
+        checksums were recorded has none to compare (an empty list)."""
+        checked = []
+        for name in SPLITS:
+            for file_name, key in ((f"{name}.bin", f"{name}_sha256"), (f"{name}_mask.bin", f"{name}_mask_sha256")):
+                expected = self.meta.get(key)
+                if expected is None:
+                    continue
+                path = self.path / file_name
+                if not path.is_file():
+                    self._malformed(f"has no {file_name}")
+                actual = file_sha256(path)
+                if actual != expected:
+                    raise UserError(f"{path}: its sha256 ({actual[:12]}) differs from the one in meta.json "
+                                    f"({expected[:12]}): the file changed or was damaged after it was prepared; "
+                                    f"prepare the dataset again with `lumi prepare --source ... --out {self.path} --force`")
+                checked.append(file_name)
+        return checked
+
     def __repr__(self) -> str:
         return f"TokenDataset({str(self.path)!r}, vocab_size={self.vocab_size})"
+
+
+def check_batch_fits(batch_size: int, context: int, memory_bytes: int | None = None) -> None:
+    """The host builds every batch whole (inputs, targets, weights, segments: 16 bytes a token):
+    refuse a batch that could never fit in this machine's memory, before anything is written."""
+    if memory_bytes is None:
+        import psutil
+
+        memory_bytes = psutil.virtual_memory().total
+    needed = 16 * batch_size * context
+    if needed > memory_bytes // 2:
+        raise UserError(f"--batch-size {batch_size} with context {context} needs {needed / 2**30:,.1f} GiB of host "
+                        f"memory for each batch, more than half of this machine's {memory_bytes / 2**30:,.1f} GiB; "
+                        "use a smaller --batch-size")
 
 
 def _check_window(split: TokenSplit, context: int) -> None:

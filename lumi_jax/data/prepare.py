@@ -11,6 +11,7 @@ leaves no half dataset, and an existing data/NAME is replaced only with --force.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import itertools
 import json
@@ -27,6 +28,7 @@ import numpy as np
 import lumi_jax
 from lumi_jax.config import load_model_config
 from lumi_jax.data.catalog import describe_sources, load_corpus
+from lumi_jax.data.loader import split_checksums
 from lumi_jax.data.sources import Corpus, Document, SourceOptions
 from lumi_jax.data.text import ERROR_MODES, check_error_mode
 from lumi_jax.data.tokenizer import BOS_ID, EOS_ID, Tokenizer, train_tokenizer
@@ -116,8 +118,9 @@ def resolve_vocab_size(vocab_size: int | None, model: str | None, tokenizer: str
 def prepare_dataset(source: str, out: str | Path, *, vocab_size: int | None = None, model: str | None = None,
                     val_fraction: float = DEFAULT_VAL_FRACTION, tokenizer: str | Path | None = None,
                     seed: int = 0, force: bool = False, errors: str = "strict", size_mb: float | None = None,
-                    log: Log | None = print) -> dict[str, Any]:
-    """Prepare a dataset directory; returns its meta.json content. See the module docstring."""
+                    val_source: str | None = None, log: Log | None = print) -> dict[str, Any]:
+    """Prepare a dataset directory; returns its meta.json content. See the module docstring.
+    `val_source`: held-out text of the user's choosing (all of `source` is then training text)."""
     log = log or (lambda _message: None)
     out = Path(out)
     check_error_mode(errors)
@@ -135,6 +138,13 @@ def prepare_dataset(source: str, out: str | Path, *, vocab_size: int | None = No
 
     started = time.perf_counter()
     corpus = load_corpus(source, SourceOptions(seed=seed, errors=errors, size_mb=size_mb))
+    if val_source is not None:
+        held_out = load_corpus(val_source, SourceOptions(seed=seed, errors=errors))
+        if held_out.kind != corpus.kind:
+            raise UserError(f"--val-source {val_source} is {held_out.kind} but --source {source} is {corpus.kind}; "
+                            "give held-out text of the same kind")
+        corpus = dataclasses.replace(corpus, val_documents=held_out.documents,
+                                     source=f"{corpus.source} + held out {held_out.source}")
     train_docs, val_docs = _split(corpus, val_fraction, seed)
     read_seconds = time.perf_counter() - started
     log(f"read {corpus.source}: {len(train_docs):,} training and {len(val_docs):,} validation documents "
@@ -214,6 +224,7 @@ def _build(corpus: Corpus, train_docs: list[Document], val_docs: list[Document],
         "val_fraction": None if corpus.val_documents is not None else _val_fraction(train_docs, val_docs),
         "train_tokens": counts["train"],
         "val_tokens": counts["val"],
+        **split_checksums(directory, token_dtype),  # train_sha256, train_max_id, ...: checked by train and data-info
         "train_documents": len(train_docs),
         "val_documents": len(val_docs),
         "train_bytes": train_bytes,
@@ -280,6 +291,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     vocab.add_argument("--model", help="take the vocab size (and check the context) from this model config, e.g. micro")
     parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
                         help=f"share of documents held out for validation (default {DEFAULT_VAL_FRACTION})")
+    parser.add_argument("--val-source", help="held-out text to validate on (a file, directory or glob); "
+                        "without it --val-fraction of the source's documents is held out")
     parser.add_argument("--tokenizer", help="reuse this tokenizer.model instead of training one")
     parser.add_argument("--seed", type=int, default=0, help="seed for the sample corpus, the split and the tokenizer")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -291,5 +304,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     prepare_dataset(args.source, args.out, vocab_size=args.vocab_size, model=args.model,
                     val_fraction=args.val_fraction, tokenizer=args.tokenizer, seed=args.seed,
-                    force=args.force, errors=args.errors, size_mb=args.size_mb)
+                    force=args.force, errors=args.errors, size_mb=args.size_mb, val_source=args.val_source)
     return 0

@@ -60,6 +60,7 @@ from lumi_jax.data.tokenizer import BOS_ID, EOS_ID, UNK_ID, Tokenizer
 from lumi_jax.errors import UserError
 from lumi_jax.files import write_json_atomic, write_text_atomic
 from lumi_jax.model import count_params, param_shapes
+from lumi_jax.run_lock import LOCK_NAME
 from lumi_jax.runs import LoadedRun, load_run, versions
 
 HF_ARCHITECTURE = "LlamaForCausalLM"
@@ -188,7 +189,7 @@ def hf_config(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
 
 def check_new_output(path: Path, what: str) -> None:
     """Never overwrite: the output must not exist, or be an empty directory."""
-    if path.is_dir() and any(path.iterdir()):
+    if path.is_dir() and any(p.name != LOCK_NAME for p in path.iterdir()):  # its own lock is not content
         raise UserError(f"{path}: exists and is not empty; choose a new {what} (nothing is overwritten)")
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: exists and is a file; choose a new {what} (nothing is overwritten)")
@@ -205,6 +206,7 @@ def fresh_temporary_dir(final: Path) -> Path:
 
 def move_into_place(temporary: Path, final: Path) -> None:
     if final.is_dir():
+        (final / LOCK_NAME).unlink(missing_ok=True)  # the importer's own lock: the run replaces the directory
         final.rmdir()  # empty: checked before anything was written
     os.replace(temporary, final)
 

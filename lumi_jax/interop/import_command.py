@@ -12,6 +12,7 @@ import argparse
 import time
 
 from lumi_jax.interop.hf import import_hf
+from lumi_jax.run_lock import RunLock
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    out = import_hf(args.source, args.out, tokenizer=args.tokenizer, log=print)
+    with RunLock(args.out):  # one writer per run: a train or another import into --out is refused
+        out = import_hf(args.source, args.out, tokenizer=args.tokenizer, log=print)
     print(f"wrote the run {out} in {time.perf_counter() - started:.1f} s")
     if not (out / "tokenizer.model").is_file():
         print(f"note: {args.source} has no SentencePiece tokenizer.model, so the run has none; generate and "

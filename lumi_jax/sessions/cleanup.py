@@ -7,13 +7,17 @@ comparisons read them. Checkpoints and datasets are never touched unless a flag 
 `--checkpoints` keeps only the latest checkpoint of each run; `--data NAME` removes the named
 dataset. It lists everything it removes; `--dry-run` lists and removes nothing.
 
-Temporary files younger than an hour are left alone: a running job may still be writing them.
+Temporary files younger than an hour are left alone, and it says so: a running job may still be
+writing them. `--checkpoints` first restores each run's newest checkpoint (checksums and values):
+only the checkpoints older than the newest one that restores are removed, and a run another
+process is writing (its RUN/.lock is held) is left alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ from rich.table import Table
 
 from lumi_jax.errors import UserError
 from lumi_jax.sessions.monitor import format_bytes
+from lumi_jax.tables import print_table
 
 DAY_S = 24 * 3600
 TEMPORARY_MIN_AGE_S = 3600
@@ -64,7 +69,7 @@ def owner_is_running(path: Path) -> bool:
     return pid.isdigit() and path.name.startswith(".") and psutil.pid_exists(int(pid))
 
 
-def find_temporary(root: Path, now: float) -> list[Removal]:
+def find_temporary(root: Path, now: float, notes: list[str] | None = None) -> list[Removal]:
     found = []
     candidates = [root / ".tmp"] if (root / ".tmp").exists() else []
     for top in TEMPORARY_ROOTS:
@@ -78,10 +83,28 @@ def find_temporary(root: Path, now: float) -> list[Removal]:
                         candidates.append(entry)
                     elif entry.is_dir() and not entry.is_symlink():
                         stack.append(entry)
+    young, running = [], []
     for path in candidates:
-        if age_s(path, now) >= TEMPORARY_MIN_AGE_S and not owner_is_running(path):
+        if owner_is_running(path):
+            running.append(path)
+        elif age_s(path, now) < TEMPORARY_MIN_AGE_S:
+            young.append(path)
+        else:
             found.append(Removal(path, "temporary", tree_size(path), age_s(path, now)))
+    if notes is not None and young:
+        notes.append(f"left {len(young)} temporary item(s) younger than an hour, which a running job may still be "
+                     f"writing: {', '.join(display(p, root) for p in young)}; run cleanup again later to remove them")
+    if notes is not None and running:
+        notes.append(f"left {len(running)} temporary item(s) whose job is still running: "
+                     f"{', '.join(display(p, root) for p in running)}")
     return found
+
+
+def display(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def find_old_logs(root: Path, days: float, now: float) -> list[Removal]:
@@ -100,12 +123,54 @@ def checkpoint_steps(checkpoints_dir: Path) -> list[tuple[int, Path]]:
     return sorted(steps)
 
 
-def find_old_checkpoints(root: Path, now: float) -> list[Removal]:
+def newest_restorable(run_dir: Path, steps: list[int]) -> tuple[int | None, list[str]]:
+    """The newest step of a run that restores (its checksums and values check out), and why the
+    newer ones did not. None when none does, or the run cannot be read at all."""
+    from lumi_jax.runs import load_run  # JAX: loaded only when --checkpoints asks for it
+
+    problems = []
+    for step in reversed(steps):
+        try:
+            load_run(run_dir, step=step)
+            return step, problems
+        except UserError as error:
+            problems.append(f"step {step}: {error}")
+            if "damaged" not in str(error) and "no readable checkpoint" not in str(error):
+                return None, problems  # not about this step (the run itself is unreadable): stop
+    return None, problems
+
+
+def find_old_checkpoints(root: Path, now: float, notes: list[str] | None = None) -> list[Removal]:
+    """Every checkpoint older than the newest one that restores; a run being written is skipped."""
+    from lumi_jax.run_lock import RunLock
+
     found = []
+    notes = [] if notes is None else notes
     runs = root / "runs"
     for checkpoints_dir in sorted(runs.glob("*/checkpoints")) if runs.is_dir() else []:
-        for _step, path in checkpoint_steps(checkpoints_dir)[:-1]:  # the latest one always stays
-            found.append(Removal(path, "old checkpoint", tree_size(path), age_s(path, now)))
+        run_dir = checkpoints_dir.parent
+        steps = checkpoint_steps(checkpoints_dir)
+        if len(steps) < 2:
+            continue
+        try:
+            lock = RunLock(run_dir, command="lumi cleanup --checkpoints").acquire()
+        except UserError as error:
+            notes.append(f"left the checkpoints of {display(run_dir, root)} alone: {error}")
+            continue
+        try:
+            good, problems = newest_restorable(run_dir, [step for step, _ in steps])
+        finally:
+            lock.release()
+        if good is None:
+            notes.append(f"kept every checkpoint of {display(run_dir, root)}: none of them restores "
+                         f"({problems[-1] if problems else 'unknown'})")
+            continue
+        if problems:
+            notes.append(f"{display(run_dir, root)}: the newest checkpoint that restores is step {good}; "
+                         f"the newer ones are damaged and were left in place ({'; '.join(problems)})")
+        for step, path in steps:
+            if step < good:  # the newest good one, and anything newer, stays
+                found.append(Removal(path, "old checkpoint", tree_size(path), age_s(path, now)))
     return found
 
 
@@ -122,11 +187,12 @@ def find_datasets(root: Path, names: list[str], now: float) -> list[Removal]:
 
 
 def plan_cleanup(root: Path, days: float = 7, checkpoints: bool = False,
-                 datasets: list[str] | None = None) -> list[Removal]:
+                 datasets: list[str] | None = None, notes: list[str] | None = None) -> list[Removal]:
+    """What to remove; `notes` collects what was left alone, and why."""
     now = time.time()
-    removals = find_temporary(root, now) + find_old_logs(root, days, now)
+    removals = find_temporary(root, now, notes) + find_old_logs(root, days, now)
     if checkpoints:
-        removals += find_old_checkpoints(root, now)
+        removals += find_old_checkpoints(root, now, notes)
     if datasets:
         removals += find_datasets(root, datasets, now)
     return removals
@@ -163,20 +229,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.days < 0:
-        raise UserError(f"--days {args.days}: must be zero or more; e.g. --days 7")
+    if not math.isfinite(args.days) or args.days < 0:
+        raise UserError(f"--days {args.days:g}: use zero or more days, e.g. --days 7")
     root = Path(args.root)
     if not root.is_dir():
         raise UserError(f"--root {root}: no such directory; run from the project directory")
-    removals = plan_cleanup(root, args.days, args.checkpoints, args.data)
+    notes: list[str] = []
+    removals = plan_cleanup(root, args.days, args.checkpoints, args.data, notes)
     console = Console()
+    for note in notes:
+        console.print(note, highlight=False, markup=False)
     if not removals:
         console.print("cleanup: nothing to remove "
                       f"(no temporary files, no session logs older than {args.days:g} days).")
         return 0
     if not args.dry_run:
         remove(removals)
-    console.print(removals_table(removals, root, args.dry_run))
+    print_table(console, removals_table(removals, root, args.dry_run))
     if not args.checkpoints and not args.data:
         console.print("[dim]checkpoints and datasets were left alone "
                       "(--checkpoints / --data NAME remove them)[/]")

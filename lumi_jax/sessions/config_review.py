@@ -18,6 +18,7 @@ from lumi_jax.config import (
 )
 from lumi_jax.errors import UserError
 from lumi_jax.sessions.runner import Step, StepContext, StepFailed
+from lumi_jax.tables import print_table
 
 
 def display_path(path: Path) -> str:
@@ -62,7 +63,7 @@ def validate_configs(ctx: StepContext, target: str | None) -> None:
             continue
         valid.append((str(path), config))
         table.add_row(display_path(path), "[green]valid[/]", config.description)
-    ctx.console.print(table)
+    print_table(ctx.console, table)
     ctx.state["configs"] = valid
     ctx.metrics.update(valid=len(valid), invalid=invalid, skipped=skipped,
                        headline=f"{len(valid)} valid, {len(invalid)} invalid, {len(skipped)} skipped")

@@ -4,7 +4,8 @@ Each choice does one job and returns to the menu: environment diagnostics, a pip
 test (prepare, train and evaluate a micro model in a temporary directory, so nothing of yours
 is touched), one reading of the resource monitor, disk use of data/runs/sessions, cleanup (a
 dry run first, then removal only if you confirm), and the last errors from the session records
-and logs. Input comes from the terminal; end of input quits, so it can also be scripted.
+and logs. Input comes from the terminal; end of input is "no" at a question and quits at the
+menu, so it can also be scripted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rich.prompt import Confirm, Prompt
 from rich.table import Table
 
 from lumi_jax.sessions import cleanup, env_check, monitor, status
+from lumi_jax.tables import print_table
 
 MENU = {
     "1": "environment diagnostics",
@@ -33,7 +35,7 @@ ERROR_LINE = re.compile(r"^(error:|.*\b(Error|Exception)\b:|Traceback|.* failed:
 
 def show_environment(console: Console, root: Path) -> None:
     checks = env_check.run_checks(root)
-    console.print(env_check.checks_table(checks))
+    print_table(console, env_check.checks_table(checks))
     failed = env_check.failures(checks)
     console.print(f"[bold red]{len(failed)} check(s) failed[/]" if failed else "[green]all needed checks pass[/]")
 
@@ -55,7 +57,7 @@ def show_monitor(console: Console, root: Path) -> None:
     psutil.cpu_percent()
     watch.lumi_processes()
     time.sleep(0.5)
-    console.print(monitor.reading_tables(monitor.take_reading(root, watch)))
+    print_table(console, monitor.reading_tables(monitor.take_reading(root, watch)))
 
 
 def show_disk(console: Console, root: Path) -> None:
@@ -72,17 +74,31 @@ def show_disk(console: Console, root: Path) -> None:
         if name != "sessions":  # sessions/ holds many small files; its total is what matters
             for entry in entries:
                 table.add_row(f"  {entry.name}", monitor.format_bytes(cleanup.tree_size(entry)))
-    console.print(table)
+    print_table(console, table)
     console.print(f"free: {monitor.format_bytes(status.disk_use(root)['free_bytes'])}")
 
 
+def confirm(question: str, console: Console) -> bool:
+    """Yes or no, default no; end of input (Ctrl-D, a closed pipe) or Ctrl-C is no."""
+    try:
+        return Confirm.ask(question, default=False, console=console)
+    except (EOFError, KeyboardInterrupt):
+        console.print()
+        return False
+
+
 def run_cleanup(console: Console, root: Path) -> None:
-    removals = cleanup.plan_cleanup(root)
+    notes: list[str] = []
+    removals = cleanup.plan_cleanup(root, notes=notes)
     if not removals:
+        for note in notes:
+            console.print(f"[dim]{note}[/]")
         console.print("nothing to clean: no temporary files, no session logs older than 7 days")
         return
-    console.print(cleanup.removals_table(removals, root, dry_run=True))
-    if Confirm.ask("remove these?", default=False, console=console):
+    print_table(console, cleanup.removals_table(removals, root, dry_run=True))
+    for note in notes:
+        console.print(f"[dim]{note}[/]")
+    if confirm("remove these?", console):
         cleanup.remove(removals)
         console.print(f"removed {len(removals)} item(s)")
     else:

@@ -28,6 +28,7 @@ from rich.table import Table
 
 from lumi_jax.config import REPO_ROOT
 from lumi_jax.sessions.monitor import GIB, format_bytes, nvidia_smi_memory
+from lumi_jax.tables import print_table
 
 MIN_PYTHON = (3, 11)
 # Thresholds for disk and memory: below WARN a session may run short, below FAIL it cannot run.
@@ -191,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(as_records(checks), indent=2))
     else:
         console = Console()
-        console.print(checks_table(checks))
+        print_table(console, checks_table(checks))
         failed = failures(checks)
         if failed:
             console.print(f"[bold red]{len(failed)} check(s) failed:[/] " +

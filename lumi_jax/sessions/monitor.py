@@ -12,6 +12,7 @@ session, where JAX already runs, the devices' own `memory_stats()` give exact pe
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import shutil
@@ -29,6 +30,7 @@ from rich.live import Live
 from rich.table import Table
 
 from lumi_jax.errors import UserError
+from lumi_jax.tables import print_table, whole_values
 
 GIB = 1024**3
 
@@ -128,7 +130,7 @@ class ProcessWatch:
 
 def take_reading(path: Path, watch: ProcessWatch) -> dict[str, Any]:
     memory = psutil.virtual_memory()
-    disk = shutil.disk_usage(path)
+    disk = psutil.disk_usage(str(path))  # what df reports: used, free for you, and Use% = used / (used + free)
     return {
         "cpu_percent": psutil.cpu_percent(),
         "cpu_count": psutil.cpu_count(),
@@ -138,6 +140,7 @@ def take_reading(path: Path, watch: ProcessWatch) -> dict[str, Any]:
         "disk_used_bytes": disk.used,
         "disk_total_bytes": disk.total,
         "disk_free_bytes": disk.free,
+        "disk_percent": math.ceil(disk.percent),  # df rounds up
         "accelerators": accelerator_memory(),
         "processes": watch.lumi_processes(),
     }
@@ -150,13 +153,15 @@ def reading_tables(reading: dict[str, Any]) -> Group:
     resources.add_column("total", justify="right")
     resources.add_column("%", justify="right")
 
-    def add(name: str, used: float | None, total: float | None) -> None:
-        percent = f"{100 * used / total:.0f}" if used is not None and total else ""
-        resources.add_row(name, format_bytes(used), format_bytes(total), percent)
+    def add(name: str, used: float | None, total: float | None, percent: float | None = None) -> None:
+        if percent is None and used is not None and total:
+            percent = 100 * used / total
+        resources.add_row(name, format_bytes(used), format_bytes(total), "" if percent is None else f"{percent:.0f}")
 
     resources.add_row("CPU", f"{reading['cpu_percent']:.0f}%", f"{reading['cpu_count']} cores", "")
     add("memory", reading["memory_used_bytes"], reading["memory_total_bytes"])
-    add(f"disk ({reading['disk_path']})", reading["disk_used_bytes"], reading["disk_total_bytes"])
+    add(f"disk ({reading['disk_path']}), {format_bytes(reading['disk_free_bytes'])} free", reading["disk_used_bytes"],
+        reading["disk_total_bytes"], reading.get("disk_percent"))
     if reading["accelerators"]:
         for device in reading["accelerators"]:
             add(device["device"], device["used_bytes"], device["total_bytes"])
@@ -173,7 +178,7 @@ def reading_tables(reading: dict[str, Any]) -> Group:
         )
     if not reading["processes"]:
         processes.add_row("", "none running", "", "", "")
-    return Group(resources, processes)
+    return Group(whole_values(resources), whole_values(processes))
 
 
 class PeakTracker:
@@ -256,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
     watch.lumi_processes()
     if args.once:
         time.sleep(0.5)
-        console.print(reading_tables(take_reading(path, watch)))
+        print_table(console, reading_tables(take_reading(path, watch)))
         return 0
     try:
         with Live(console=console, auto_refresh=False) as live:

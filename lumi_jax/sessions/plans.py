@@ -28,8 +28,16 @@ EXPERIMENT_MODEL, EXPERIMENT_SAMPLE_MB = "small", 16.0
 SAMPLE_MAX_VOCAB = 4096
 
 
+def uses_auto_recipe(args: argparse.Namespace) -> bool:
+    """The user's own text (DATA), with no model named (CONFIG) and no step count: the shape,
+    vocabulary, lr and length come from the text and the budget (auto_recipe.py). The sample
+    stories keep their hand-made recipes."""
+    return bool(args.data) and not args.data.startswith("sample") and not args.config and args.steps is None
+
+
 def quick_steps(args: argparse.Namespace) -> list[Step]:
-    model_config = load_model_config(args.config or QUICK_MODEL)
+    auto = uses_auto_recipe(args)
+    model_config = s.auto_model_for_source(args.data) if auto else load_model_config(args.config or QUICK_MODEL)
     train_config = s.session_train_config("quick", seed=args.seed, steps=args.steps)
     source = args.data or "sample"
     size_mb = args.data_mb or (QUICK_SAMPLE_MB if source == "sample" else None)
@@ -39,7 +47,10 @@ def quick_steps(args: argparse.Namespace) -> list[Step]:
         run_dir = s.new_run_dir("quick", ctx.session.record_path)
         ctx.state["run"] = run_dir
         ctx.session.set_output("run", run_dir)
-        s.train_model(ctx, model_config, train_config, run_dir)
+        if auto:
+            s.train_auto(ctx, run_dir, args.seed)
+        else:
+            s.train_model(ctx, model_config, train_config, run_dir, processes=args.processes)
         s.check_loss_fell(ctx, run_dir, QUICK_MIN_LOSS_DROP)
 
     return [
@@ -49,7 +60,9 @@ def quick_steps(args: argparse.Namespace) -> list[Step]:
         Step("reproducibility", lambda ctx: s.reproducibility_check(ctx, model_config, train_config, repro_steps),
              2, f"the first {repro_steps} steps twice from seed {args.seed}: identical losses"),
         Step("train", train_and_check, 16,
-             f"{model_config.name} for {train_config.steps} steps; the loss must fall by "
+             ("the auto recipe's model, sized to the budget" if auto else
+              f"{model_config.name} for {train_config.steps} steps")
+             + (f", as {args.processes} processes (lumi launch)" if args.processes > 1 else "") + "; the loss must fall by "
              f"{100 * QUICK_MIN_LOSS_DROP:.0f}% or more"),
         Step("evaluate", lambda ctx: s.evaluate_run(ctx, quick=True, beat_unigram=True), 4,
              "validation loss and bits per byte on a fixed subset, baselines, short samples; "
@@ -58,7 +71,8 @@ def quick_steps(args: argparse.Namespace) -> list[Step]:
 
 
 def prototype_steps(args: argparse.Namespace) -> list[Step]:
-    model_config = load_model_config(args.config or PROTOTYPE_MODEL)
+    auto = uses_auto_recipe(args)
+    model_config = s.auto_model_for_source(args.data) if auto else load_model_config(args.config or PROTOTYPE_MODEL)
     train_config = s.session_train_config("prototype", seed=args.seed, steps=args.steps)
     source = args.data or "sample"
     size_mb = args.data_mb
@@ -67,17 +81,21 @@ def prototype_steps(args: argparse.Namespace) -> list[Step]:
         run_dir = s.new_run_dir("prototype", ctx.session.record_path)
         ctx.state["run"] = run_dir
         ctx.session.set_output("run", run_dir)
-        s.train_model(ctx, model_config, train_config, run_dir)
+        if auto:
+            s.train_auto(ctx, run_dir, args.seed)
+        else:
+            s.train_model(ctx, model_config, train_config, run_dir)
 
     return [
         Step("check environment", s.check_environment, 1, "Python, packages, devices, memory, disk"),
         Step("prepare data", lambda ctx: s.prepare_data(ctx, source, model_config, size_mb=size_mb, seed=args.seed),
              4, f"{source} with a {model_config.vocab_size}-token tokenizer"),
-        Step("train", train_run, 60, f"{model_config.name} for {train_config.steps} steps, saving at the budget"),
+        Step("train", train_run, 60, "the auto recipe's model, sized to the budget" if auto else
+             f"{model_config.name} for {train_config.steps} steps, saving at the budget"),
         Step("evaluate", lambda ctx: s.evaluate_run(ctx, quick=False, beat_unigram=True), 12,
              "the validation split (as much as its time allows): loss, perplexity, bits per byte, baselines, "
              "samples; the model must beat the unigram baseline"),
-        Step("architecture check", lambda ctx: s.architecture_of_run(ctx, model_config, train_config), 1,
+        Step("architecture check", lambda ctx: s.architecture_of_run(ctx, *s.run_configs(ctx)), 1,
              "the trained config's counts and memory estimate against the measured peak"),
     ]
 

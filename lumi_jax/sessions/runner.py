@@ -37,6 +37,7 @@ from lumi_jax.errors import USER_ERROR_EXIT_STATUS, UserError
 from lumi_jax.sessions.env_check import package_versions
 from lumi_jax.sessions.monitor import PeakTracker, format_bytes
 from lumi_jax.sessions.transcript import Transcript
+from lumi_jax.tables import print_table
 
 RECORD_FORMAT_VERSION = 1
 SESSIONS_DIR = Path("sessions")
@@ -310,7 +311,7 @@ class SessionRunner:
                           format_duration(step.duration_s), note)
         table.add_row("total", self.record["status"], format_duration(self.budget_s), "",
                       format_duration(self.record["elapsed_s"]), "", style="bold")
-        self.console.print(table)
+        print_table(self.console, table)
         peaks = self.record["peak_resources"] or {}
         self.console.print(
             f"peak memory {format_bytes(peaks.get('peak_rss_bytes'))}"

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from lumi_jax.sessions.cleanup import checkpoint_steps, tree_size
 from lumi_jax.sessions.monitor import format_bytes, nvidia_smi_memory
+from lumi_jax.tables import print_table
 
 
 def read_json_or_none(path: Path) -> Any:
@@ -196,7 +197,10 @@ def print_status(status: dict[str, Any], console: Console) -> None:
     for d in status["datasets"]:
         table.add_row(d["name"], d["kind"] or "", str(d["source"] or ""), _number(d["vocab_size"]),
                       _number(d["train_tokens"]), _number(d["val_tokens"]), _number(d["bytes_per_token"], 2))
-    console.print(table if status["datasets"] else "Datasets: none yet (data/ is empty)")
+    if status["datasets"]:
+        print_table(console, table)
+    else:
+        console.print("Datasets: none yet (data/ is empty)")
 
     table = Table(title="Runs", title_justify="left")
     table.add_column("name", no_wrap=True)
@@ -208,7 +212,10 @@ def print_status(status: dict[str, Any], console: Console) -> None:
             step += f" ({r['stop_reason'].replace('_', ' ')})"
         table.add_row(r["name"], r["model"] or "", step, _number(r["train_loss"], 2), _number(r["val_loss"], 2),
                       describe_evaluation(r["evaluation"]))
-    console.print(table if status["runs"] else "Runs: none yet (runs/ is empty)")
+    if status["runs"]:
+        print_table(console, table)
+    else:
+        console.print("Runs: none yet (runs/ is empty)")
 
     latest = status["latest_session"]
     if latest:

@@ -20,17 +20,19 @@ from lumi_jax.config import ModelConfig, TrainConfig, config_hash, load_train_co
 from lumi_jax.errors import UserError
 from lumi_jax.sessions import env_check
 from lumi_jax.sessions.runner import StepContext, StepFailed
+from lumi_jax.tables import print_table
 
 DATA_DIR = Path("data")
 RUNS_DIR = Path("runs")
 # Training stops at its budget, then evaluates and saves once more; this share of a step's given
 # time (at most a minute) is kept back for that.
 TRAIN_RESERVE_FRACTION, TRAIN_RESERVE_MAX_S = 0.1, 60.0
+LAUNCH_SLACK_S = 300.0  # a launched training run past its budget by this much is stopped (a hang)
 
 
 def check_environment(ctx: StepContext) -> None:
     checks = env_check.run_checks(Path.cwd())
-    ctx.console.print(env_check.checks_table(checks))
+    print_table(ctx.console, env_check.checks_table(checks))
     failed = env_check.failures(checks)
     ctx.metrics["warnings"] = [f"{c.name}: {c.detail}" for c in checks if c.status == "warn"]
     ctx.metrics["headline"] = f"{len(checks) - len(failed)}/{len(checks)} checks ok"
@@ -159,19 +161,58 @@ def train_budget_minutes(ctx: StepContext) -> float:
     return (left - reserve) / 60
 
 
+def source_bytes(source: str) -> int:
+    """The bytes of text a path source holds (files, a directory, a glob)."""
+    paths = [Path(p) for p in glob.glob(str(Path(source).expanduser()))]
+    files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*")) if p.is_dir() else [])]
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
+def auto_model_for_source(source: str) -> ModelConfig:
+    """Before the data is prepared: the smallest auto-recipe shape, with the vocabulary the
+    auto recipe gives this much text (the train step then chooses the shape from the budget)."""
+    from lumi_jax import auto_recipe
+
+    vocab = auto_recipe.vocab_for_corpus(source_bytes(source))
+    d_model, n_layers, n_heads = auto_recipe.CANDIDATE_SHAPES[0]
+    return auto_recipe.candidate_config(d_model, n_layers, n_heads, vocab, auto_recipe.batch_shape(0)[1])
+
+
+def train_auto(ctx: StepContext, run_dir: Path, seed: int, *, data_key: str = "data") -> dict:
+    """Train with `--recipe auto`'s choices for the prepared data and this step's time."""
+    from lumi_jax import auto_recipe
+    from lumi_jax.config import read_json
+
+    meta = read_json(Path(ctx.state[data_key]) / "meta.json")
+    model_config, train_config, reasons = auto_recipe.choose(
+        int(meta["train_bytes"]), 60 * train_budget_minutes(ctx), vocab_size=int(meta["vocab_size"]),
+        bytes_per_token=float(meta["bytes_per_token"]), log=ctx.console.print)
+    for name in ("vocab_size", "model", "batch", "lr"):
+        ctx.console.print(f"auto recipe: {name}: {reasons[name]}")
+    ctx.metrics["auto_recipe"] = {name: reasons[name] for name in ("vocab_size", "model", "batch", "lr")}
+    return train_model(ctx, model_config, dataclasses.replace(train_config, seed=seed), run_dir, data_key=data_key,
+                       record={"auto_recipe": reasons})
+
+
 def train_model(ctx: StepContext, model_config: ModelConfig, train_config: TrainConfig, run_dir: Path, *,
-                data_key: str = "data", init_params: Any = None, init_from: str | None = None) -> dict:
-    """Train within the step's given time; the trainer saves when the budget runs out."""
+                data_key: str = "data", init_params: Any = None, init_from: str | None = None,
+                record: dict | None = None, processes: int = 1) -> dict:
+    """Train within the step's given time; the trainer saves when the budget runs out. With
+    `processes` > 1 the training runs as that many joined processes (`lumi launch`)."""
     from lumi_jax.train import train
 
     train_config = dataclasses.replace(train_config, time_budget_minutes=train_budget_minutes(ctx))
     ctx.console.print(f"training {model_config.name} into {run_dir}: up to {train_config.steps} steps, "
                       f"batch {train_config.batch_size}, lr {train_config.lr:g}, "
-                      f"budget {train_config.time_budget_minutes:.1f} min")
+                      f"budget {train_config.time_budget_minutes:.1f} min"
+                      + (f", as {processes} processes" if processes > 1 else ""))
     if ctx.session.record["config_hash"] is None:
         ctx.session.set_config_hash(config_hash({"model": model_config.to_dict(), "train": train_config.to_dict()}))
-    summary = train(train_config, model_config, ctx.state[data_key], run_dir,
-                    init_params=init_params, init_from=init_from)
+    if processes > 1:
+        summary = train_launched(ctx, model_config, train_config, run_dir, processes, data_key)
+    else:
+        summary = train(train_config, model_config, ctx.state[data_key], run_dir,
+                        init_params=init_params, init_from=init_from, record=record)
     ctx.metrics.update({key: summary.get(key) for key in (
         "steps", "target_steps", "final_train_loss", "final_val_loss", "tokens_seen", "tokens_per_s",
         "compile_time_s", "mean_step_time_s", "wall_time_s", "stop_reason")})
@@ -187,6 +228,30 @@ def train_model(ctx: StepContext, model_config: ModelConfig, train_config: Train
     ctx.metrics["headline"] = (f"{summary['steps']}/{summary['target_steps']} steps, loss "
                                f"{summary['final_train_loss']:.3f}" + (" (time budget)" if summary["stop_reason"] == "time_budget" else ""))
     return summary
+
+
+def train_launched(ctx: StepContext, model_config: ModelConfig, train_config: TrainConfig, run_dir: Path,
+                   processes: int, data_key: str = "data") -> dict:
+    """`lumi train` as `processes` joined processes on this machine (launch.py), one CPU device
+    each; the model and the settings travel as JSON files. Returns the run's summary.json."""
+    from lumi_jax.config import read_json
+    from lumi_jax.files import write_json_atomic
+    from lumi_jax.launch import launch
+
+    ctx.metrics["processes"] = processes
+    RUNS_DIR.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".tmp-launch-", dir=RUNS_DIR) as scratch:
+        model_path, recipe_path = Path(scratch) / "model.json", Path(scratch) / "recipe.json"
+        write_json_atomic(model_path, model_config.to_dict())
+        write_json_atomic(recipe_path, train_config.to_dict())
+        # The run stops itself at its budget; the timeout only ends processes that hang past it.
+        status = launch(["train", "--model", str(model_path), "--recipe", str(recipe_path),
+                         "--data", str(ctx.state[data_key]), "--out", str(run_dir)], processes,
+                        timeout_s=60 * train_config.time_budget_minutes + LAUNCH_SLACK_S)
+    if status != 0 or not (run_dir / "summary.json").is_file():
+        raise StepFailed(f"training as {processes} processes failed (exit status {status}); the launcher's "
+                         "last line above names the process and its error")
+    return read_json(run_dir / "summary.json")
 
 
 def check_loss_fell(ctx: StepContext, run_dir: Path, min_drop_fraction: float) -> None:
@@ -215,6 +280,15 @@ def new_run_dir(session: str, stamp_from: Path) -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # Architecture of the trained model: the estimate against what this session really used
+
+
+def run_configs(ctx: StepContext, run_key: str = "run") -> tuple[ModelConfig, TrainConfig]:
+    """The model and training settings the session's run really used (its config.json)."""
+    from lumi_jax.config import model_config_from_dict, read_json, train_config_from_dict
+
+    config = read_json(Path(ctx.state[run_key]) / "config.json")
+    return (model_config_from_dict(config["model"], "config.json (model)"),
+            train_config_from_dict(config["train"], "config.json (train)"))
 
 
 def architecture_of_run(ctx: StepContext, model_config: ModelConfig, train_config: TrainConfig) -> None:
@@ -250,7 +324,7 @@ def evaluate_run(ctx: StepContext, *, quick: bool, run_key: str = "run", beat_un
     from lumi_jax import evaluate
 
     run_dir = Path(ctx.state[run_key])
-    report = evaluate.evaluate_run(run_dir, quick=quick)
+    report = evaluate.evaluate_run(run_dir, quick=quick, time_limit_s=ctx.given_s)
     evaluate.print_summary(report)
     ctx.console.print(f"wrote {run_dir / 'eval.json'} and {run_dir / 'eval.md'}")
     validation, gain = report["validation"], report["gain_over_unigram_bits_per_byte"]
