@@ -115,7 +115,7 @@ SESSION_RUN_ARG = $(if $(MODEL_PATH),--run '$(MODEL_PATH)')
 .PHONY: session-quick session-prototype session-experiment session-evaluation session-architecture session-status session-debug monitor check-env session-cleanup backup
 
 session-quick: $(STAMP) ## the whole pipeline end to end on a micro model (30 min budget; < 5 min on 2 CPU cores)
-	$(SESSION) quick $(SESSION_TIME_ARG) $(SESSION_CONFIG_ARG) $(SESSION_DATA_ARG)
+	$(SESSION) quick $(SESSION_TIME_ARG) $(SESSION_CONFIG_ARG) $(SESSION_DATA_ARG) $(if $(PROCESSES),--processes '$(PROCESSES)')
 
 session-prototype: $(STAMP) ## the ~6M tiny model for 1000 steps, evaluated, with curves and samples (2 h budget)
 	$(SESSION) prototype $(SESSION_TIME_ARG) $(SESSION_CONFIG_ARG) $(SESSION_DATA_ARG)

@@ -9,7 +9,9 @@ split is scored in bits per byte (`lumi evaluate`). Also run at each budget:
 - `--recipe auto` (no grid: it chooses the shape, vocabulary, batch, lr and length itself);
 - the hand-picked run of issue 16 (micro, vocab 512, 8 × 128, lr 3e-3, 4000 steps) twice: with
   today's cosine over 4000 steps cut by the budget, and with the time-aware WSD schedule, over
-  several seeds, so the schedule's effect is read against the seed spread.
+  several seeds, so the schedule's effect is read against the seed spread;
+- the same with 20,000 steps, which no short budget reaches: the budget binds, the cosine is cut
+  mid-decay, and WSD sizes its decay to the deadline.
 
     python benchmarks/recipe_study.py --budgets 2 5 --out benchmarks/results/recipe_study.json
 
@@ -38,6 +40,7 @@ CORPUS = REPO.parent / "shared" / "data" / "war_and_peace.txt"
 TRAIN_BYTES, HELD_OUT_BYTES = 1_000_000, 100_000
 SHAPES = {"d64-l2": (64, 2, 2), "d96-l3": (96, 3, 3), "d128-l4": (128, 4, 4), "d192-l4": (192, 4, 6)}
 HAND_PICKED = {"shape": "d64-l2", "vocab": 512, "batch": 8, "context": 128, "lr": 3e-3, "steps": 4000}
+BINDING_STEPS = 20_000
 
 
 def cut_text(work: Path) -> tuple[Path, Path]:
@@ -107,36 +110,48 @@ def grid_flags(shape: str, vocab: int, lr: float, batch: int, context: int, work
             "--warmup", "100", "--schedule", "wsd", "--save-every", "100000", "--log-every", "50"]
 
 
-def hand_picked_flags(schedule: str, seed: int, work: Path) -> list[str]:
+def hand_picked_flags(schedule: str, seed: int, work: Path, steps: int = HAND_PICKED["steps"]) -> list[str]:
     h = HAND_PICKED
     return ["--model", str(model_file(work, h["shape"], h["vocab"], h["context"])), "--batch-size", str(h["batch"]),
             "--context", str(h["context"]), "--lr", f"{h['lr']:g}", "--min-lr", f"{h['lr'] / 10:g}",
-            "--steps", str(h["steps"]), "--warmup", "100", "--schedule", schedule, "--seed", str(seed),
+            "--steps", str(steps), "--warmup", "100", "--schedule", schedule, "--seed", str(seed),
             "--save-every", "100000", "--log-every", "50"]
 
 
 def study(budget: float, work: Path, seeds: int, grid: list[tuple[str, int, float]]) -> dict:
-    results = {"grid": [], "auto": None, "hand_picked": {"cosine": [], "wsd": []}}
+    results = {"grid": [], "auto": None, "hand_picked": {"cosine": [], "wsd": []},
+               "budget_binds": {"cosine": [], "wsd": []}}
     for shape, vocab, lr in grid:
         flags = grid_flags(shape, vocab, lr, 8 if budget < 10 else 16, 128 if budget < 10 else 256, work)
         results["grid"].append(train_and_score(work, f"grid-{shape}-v{vocab}-lr{lr:g}", budget, vocab, flags))
-    from lumi_jax.auto_recipe import vocab_for_corpus
+    from lumi_jax import auto_recipe
 
-    auto_vocab = vocab_for_corpus(TRAIN_BYTES)
-    results["auto"] = train_and_score(work, "auto", budget, auto_vocab, ["--recipe", "auto"])
+    auto_vocab = auto_recipe.vocab_for_corpus(TRAIN_BYTES)
+    # Named by the constants it ran with: a study rerun after they change keeps the earlier runs.
+    auto_name = f"auto-bpv{auto_recipe.BYTES_PER_VOCAB_ID}-tpp{auto_recipe.TOKENS_PER_PARAM:g}"
+    results["auto"] = train_and_score(work, auto_name, budget, auto_vocab, ["--recipe", "auto"])
+    results["auto_with_other_constants"] = [
+        json.loads(path.read_text()) for path in sorted((work / "runs").glob(f"auto-*-{budget:g}min/result.json"))
+        if path.parent.name != f"{auto_name}-{budget:g}min"]
     for seed in range(seeds):
         for schedule in ("cosine", "wsd"):
             results["hand_picked"][schedule].append(train_and_score(
                 work, f"hand-{schedule}-seed{seed}", budget, HAND_PICKED["vocab"], hand_picked_flags(schedule, seed, work)))
+    for seed in range(seeds):
+        for schedule in ("cosine", "wsd"):
+            results["budget_binds"][schedule].append(train_and_score(
+                work, f"binding-{schedule}-seed{seed}", budget, HAND_PICKED["vocab"],
+                hand_picked_flags(schedule, seed, work, steps=BINDING_STEPS)))
     best = min(results["grid"], key=lambda r: r["held_out_bits_per_byte"]) if results["grid"] else None
     results["best_grid"] = best and {"name": best["name"], "held_out_bits_per_byte": best["held_out_bits_per_byte"]}
     if best:
         results["auto_minus_best_grid"] = round(results["auto"]["held_out_bits_per_byte"]
                                                 - best["held_out_bits_per_byte"], 4)
-    for schedule, runs in results["hand_picked"].items():
-        values = [r["held_out_bits_per_byte"] for r in runs]
-        results[f"hand_picked_{schedule}_bits_per_byte"] = {"mean": round(sum(values) / len(values), 4),
-                                                             "min": min(values), "max": max(values)}
+    for group in ("hand_picked", "budget_binds"):
+        for schedule, runs in results[group].items():
+            values = [r["held_out_bits_per_byte"] for r in runs]
+            results[f"{group}_{schedule}_bits_per_byte"] = {"mean": round(sum(values) / len(values), 4),
+                                                            "min": min(values), "max": max(values)}
     return results
 
 

@@ -1,7 +1,7 @@
 """`--recipe auto`: the model shape, vocabulary, batch, context, learning rate and length chosen
 from the text's size, the time budget and this machine's measured speed.
 
-    corpus bytes ──► vocabulary (about one id per 2 kB of text: 1 MB → 512, 16 MB → 8192)
+    corpus bytes ──► vocabulary (about one id per 500 bytes of text: 1 MB → 2048, 4 MB → 8192)
     budget ─┐
     speed ──┴──► tokens the budget buys per candidate shape ──► the largest shape that still sees
                  TOKENS_PER_PARAM tokens per parameter (at most MAX_EPOCHS passes over the text)
@@ -37,9 +37,14 @@ from lumi_jax.step import initial_state, jit_train_step
 
 # (d_model, n_layers, n_heads): head size 32, SwiGLU at LLaMA's 8/3·d; the last is tiny's shape.
 CANDIDATE_SHAPES = ((64, 2, 2), (96, 3, 3), (128, 4, 4), (192, 4, 6), (256, 6, 8))
-TOKENS_PER_PARAM = 20  # Chinchilla's compute-optimal ratio (Hoffmann et al., 2022)
+# Minutes on a CPU are far below Chinchilla's regime (20 tokens per parameter, Hoffmann et al.,
+# 2022): in the recipe study's 2-minute row (benchmarks/results/recipe_study.json) the best
+# shapes saw 1-3 tokens per parameter, and the 20-token rule chose a model 0.08 bits per byte
+# worse than the grid's best. Both constants below were then set from that row, on the same
+# held-out text: a fit, to be confirmed on other text (docs/recipe-study.md).
+TOKENS_PER_PARAM = 2
 MAX_EPOCHS = 4  # repeated data is worth nearly as much as new up to ~4 passes (Muennighoff et al., 2023)
-BYTES_PER_VOCAB_ID = 2000  # vocabulary ≈ corpus bytes / 2000, as a power of two in [512, 32000]
+BYTES_PER_VOCAB_ID = 500  # vocabulary ≈ corpus bytes / 500 (1 MB → 2048), a power of two in [512, 32000]
 LR_WIDTH, LR_MAX, LR_MIN = 0.024, 3e-3, 3e-4
 TRAINING_SHARE = 0.85  # of the budget, for update steps (the rest: compiling, evaluating, saving)
 MEASURE_STEPS = 5

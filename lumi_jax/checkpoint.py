@@ -34,6 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from lumi_jax.errors import UserError
 from lumi_jax.files import write_json_atomic
@@ -306,7 +307,7 @@ class CheckpointStore:
         """Move the skipped steps out of the way (never delete them), so training can save
         those steps again; returns where they went."""
         moved = []
-        for step in self.unreadable:
+        for step in self.unreadable if jax.process_index() == 0 else ():  # one mover; every process reloads
             source = self.directory / str(step)
             if source.exists():
                 target = Path(destination) / f"{step}-{int(time.time())}"
@@ -314,6 +315,8 @@ class CheckpointStore:
                 shutil.move(source, target)
                 moved.append(target)
         self.unreadable = []
+        if jax.process_count() > 1:  # the others reload once the steps have moved
+            multihost_utils.sync_global_devices("lumi checkpoints: unreadable steps set aside")
         self.manager.reload()
         return moved
 

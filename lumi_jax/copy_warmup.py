@@ -63,9 +63,9 @@ def copy_batch_source(train_config: TrainConfig, context: int, vocab_size: int, 
     config, span = warmup_config(train_config, context)
     host_rows = config.batch_size // process_count
 
-    def batch_at(step: int) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([train_config.seed, process_index, step])
-        return copy_rows(rng, host_rows, span, vocab_size)
+    def batch_at(step: int) -> dict[str, np.ndarray]:  # the global batch, then this process's rows of it
+        rows = copy_rows(np.random.default_rng([train_config.seed, 0, step]), config.batch_size, span, vocab_size)
+        return {name: value[process_index * host_rows:(process_index + 1) * host_rows] for name, value in rows.items()}
 
     return config, batch_at
 

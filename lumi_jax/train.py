@@ -271,8 +271,7 @@ class Trainer:
         restored = self.store.restore_latest_good(
             abstract_with_shardings(abstract_params, shard.state_shardings(abstract_params, mesh)),
             abstract_with_shardings(resume_item, resume_shardings))
-        if self.is_writer:
-            self.store.set_aside_unreadable(self.run_dir / "checkpoints_unreadable")
+        self.store.set_aside_unreadable(self.run_dir / "checkpoints_unreadable")  # every process (one moves)
         self.needs_copy_warmup = (restored is None and self.init_params is None
                                   and self.train_config.copy_warmup_steps > 0)
         if restored is None:
@@ -313,8 +312,9 @@ class Trainer:
 
         def after_update(step: int, metrics: dict, _step_time: float) -> None:
             if step == PLAN_AFTER_STEPS and self.stopwatch.left() is not None:
-                # With a time budget the warm-up takes at most its share of what is left.
-                share = copy_warmup.BUDGET_SHARE * self.stopwatch.left() / self.recent_step_time()
+                # With a time budget the warm-up takes at most its share of what is left (process 0's clock).
+                left, step_time = shard.from_process_0([self.stopwatch.left(), self.recent_step_time()])
+                share = copy_warmup.BUDGET_SHARE * left / step_time
                 phase.end = max(step, min(phase.end, step + int(share)))
             if step % copy_warmup.PROGRESS_EVERY == 0 or step == phase.end:
                 progress["copy_nats"] = metrics["loss"]
@@ -332,7 +332,7 @@ class Trainer:
         self.state, _ = initial_state(self.model_config, self.train_config, self.optimizer, self.mesh, warm_params)
         if reason in ("signal", "nan"):  # out of time, the text still gets a step, a save and an evaluation
             self.stop_reason = reason
-            self.signal_name = stop.signal_name
+            self.signal_name = stop.signal_name or "a signal to another process"
         if self.is_writer:
             write_json_atomic(self.run_dir / copy_warmup.COPY_WARMUP_FILE, record)
 
@@ -366,11 +366,14 @@ class Trainer:
             # What one more iteration costs in wall time (logging and saves included, evaluations apart).
             self.iteration_times.append(time.perf_counter() - started - (self.eval_total_s - evaluated_before))
 
-            # Termination: a signal, or no time left for one more step and the final evaluation.
-            if stop.signal_name is not None:
-                return step, "signal"
+            # Termination: a signal, or no time left for one more step and the final evaluation. Every
+            # process stops at the same step (else one saves while another steps, and both wait forever).
             budget_left = self.stopwatch.left()
-            if budget_left is not None and budget_left < self.iteration_times[-1] + self.eval_seconds:
+            out_of_time = budget_left is not None and budget_left < self.iteration_times[-1] + self.eval_seconds
+            signalled, out_of_time = shard.any_process([stop.signal_name is not None, out_of_time])
+            if signalled:
+                return step, "signal"
+            if out_of_time:
                 return step, "time_budget"
         return step, "completed"
 
@@ -426,9 +429,12 @@ class Trainer:
         Counts the evaluations ahead (the last one measured, or ~0.4 of a step per batch) and keeps
         a margin, so the decay ends before the deadline rather than being cut by it. A decay never
         starts in the past."""
-        config, step_time = self.train_config, self.recent_step_time(window)
-        eval_cost = self.eval_seconds or EVAL_COST_PER_BATCH * config.eval_batches * step_time
-        usable = PLAN_MARGIN * self.stopwatch.left() - (eval_cost if config.eval_every else 0.0)
+        config = self.train_config
+        # Process 0's clock for every process: plans made from different timings would differ.
+        step_time, left, eval_seconds = shard.from_process_0([self.recent_step_time(window), self.stopwatch.left(),
+                                                              self.eval_seconds])
+        eval_cost = eval_seconds or EVAL_COST_PER_BATCH * config.eval_batches * step_time
+        usable = PLAN_MARGIN * left - (eval_cost if config.eval_every else 0.0)
         per_step = step_time + (eval_cost / config.eval_every if config.eval_every else 0.0)
         total = min(config.steps, step + max(1, int(usable / per_step)))
         return SchedulePlan.over_steps(config, total, done=step)
@@ -493,7 +499,7 @@ class Trainer:
         self.step_times, self.iteration_times = [], []
         if self.stop_reason == "completed":
             self.step, self.stop_reason = self.loop(phase, self.start_step, stop)
-            self.signal_name = stop.signal_name
+            self.signal_name = stop.signal_name or "a signal to another process"
         else:  # the copy warm-up was stopped
             self.step = self.start_step
 

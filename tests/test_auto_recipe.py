@@ -12,8 +12,8 @@ from lumi_jax.errors import USER_ERROR_EXIT_STATUS
 
 
 def test_vocabulary_grows_with_the_text():
-    assert auto_recipe.vocab_for_corpus(1_000_000) == 512
-    assert auto_recipe.vocab_for_corpus(16_000_000) == 8192
+    assert auto_recipe.vocab_for_corpus(1_000_000) == 2048
+    assert auto_recipe.vocab_for_corpus(4_000_000) == 8192
     assert auto_recipe.vocab_for_corpus(10_000) == 512  # never below 512: the byte pieces come first
     assert auto_recipe.vocab_for_corpus(10**10) == 32000  # never above 32000
 
@@ -42,11 +42,11 @@ def known_speeds(tmp_path, monkeypatch):
 
 def test_a_bigger_budget_buys_a_bigger_model(known_speeds):
     known_speeds({64: 50_000, 96: 25_000, 128: 12_000, 192: 6_000, 256: 2_000}, vocab=512)
-    small_model, config, reasons = auto_recipe.choose(50_000_000, 60, vocab_size=512, log=lambda _: None)
+    small_model, config, reasons = auto_recipe.choose(50_000_000, 20, vocab_size=512, log=lambda _: None)
     larger_model, _, _ = auto_recipe.choose(50_000_000, 540, vocab_size=512, log=lambda _: None)
     assert small_model.name == "auto-d64-l2"
     assert larger_model.d_model > small_model.d_model
-    assert config.schedule == "wsd" and config.time_budget_minutes == pytest.approx(1.0, abs=0.01)
+    assert config.schedule == "wsd" and config.time_budget_minutes == pytest.approx(20 / 60, abs=0.01)
     assert config.lr == auto_recipe.learning_rate(small_model.d_model)
     assert {"vocab_size", "model", "batch", "lr", "steps", "candidates"} <= set(reasons)
     assert "tokens per parameter" in reasons["model"]
