@@ -20,7 +20,6 @@ reported as what it is, and no step is skipped or set aside for it.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import re
@@ -37,7 +36,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from lumi_jax.errors import UserError
-from lumi_jax.files import write_json_atomic
+from lumi_jax.files import file_sha256, write_json_atomic
 
 MANIFEST_NAME = "lumi_manifest.json"
 # errno values that say "cannot read now", not "the bytes are wrong": never a reason to skip a step.
@@ -65,14 +64,6 @@ MISMATCH_WORDS = ("tree structures do not match", "is not compatible with the st
 
 def stderr_line(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_manifest(step_dir: Path) -> None:

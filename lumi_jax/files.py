@@ -7,10 +7,20 @@ ends in `.tmp`, which `lumi cleanup` knows to remove if a crash leaves one behin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
+    """The SHA-256 of a file, read in chunks (token files and checkpoints can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def temporary_sibling(path: Path) -> Path:

@@ -235,8 +235,14 @@ def make_train_step(model_config: ModelConfig, train_config: TrainConfig, mesh,
         updated = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                 opt_state=opt_state)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        # A non-finite step changes nothing, so the state stays the last good one.
-        new = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+
+        def unless_diverged(new, old):  # a non-finite step changes nothing: the state stays the last good one
+            return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+        # The frozen base (LoRA) never changes: it is passed through, not selected again each step.
+        new = state.replace(step=unless_diverged(updated.step, state.step),
+                            params=unless_diverged(updated.params, state.params),
+                            opt_state=unless_diverged(updated.opt_state, state.opt_state))
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "finite": finite}
         return new, metrics
 

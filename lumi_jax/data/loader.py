@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from lumi_jax.data.tokenizer import BOS_ID
 from lumi_jax.errors import UserError
+from lumi_jax.files import file_sha256
 
 SUPPORTED_FORMAT_VERSIONS = (1,)
 SPLITS = ("train", "val")
@@ -41,14 +41,6 @@ def max_token_id(tokens: np.ndarray) -> int:
     for start in range(0, len(tokens), CHUNK_ELEMENTS):
         highest = max(highest, int(np.max(tokens[start:start + CHUNK_ELEMENTS])))
     return highest
-
-
-def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def unreadable_is_user_error(path: Path) -> Path:

@@ -28,6 +28,7 @@ from typing import Any
 from rich.console import Console
 
 from lumi_jax.errors import UserError
+from lumi_jax.files import file_sha256
 from lumi_jax.sessions.cleanup import checkpoint_steps
 from lumi_jax.sessions.monitor import format_bytes
 
@@ -44,11 +45,6 @@ def sha256_of(stream: Any) -> str:
     while chunk := stream.read(CHUNK_BYTES):
         digest.update(chunk)
     return digest.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as file:
-        return sha256_of(file)
 
 
 def files_under(path: Path) -> list[Path]:
@@ -83,7 +79,7 @@ def select_files(root: Path, run_names: list[str] | None = None) -> list[Path]:
 def write_archive(root: Path, files: list[Path], archive: Path) -> dict[str, Any]:
     manifest = {
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "files": {str(p): {"size": (root / p).stat().st_size, "sha256": sha256_file(root / p)} for p in files},
+        "files": {str(p): {"size": (root / p).stat().st_size, "sha256": file_sha256(root / p)} for p in files},
     }
     manifest_bytes = json.dumps(manifest, indent=2).encode()
     with tarfile.open(archive, "w:gz") as tar:
@@ -104,7 +100,7 @@ def verify_archive(archive: Path) -> dict[str, Any]:
     sidecar = archive.with_name(archive.name + ".sha256")
     if sidecar.exists():
         expected = sidecar.read_text().split()[0]
-        actual = sha256_file(archive)
+        actual = file_sha256(archive)
         if actual != expected:
             raise BackupCorrupt(f"{archive}: sha256 {actual[:16]}… differs from {sidecar.name} ({expected[:16]}…)")
     try:
@@ -149,7 +145,7 @@ def create_backup(root: Path, out_dir: Path, run_names: list[str] | None = None)
     try:
         write_archive(root, files, partial)
         manifest = verify_archive(partial)
-        digest = sha256_file(partial)
+        digest = file_sha256(partial)
         os.replace(partial, archive)
     finally:
         partial.unlink(missing_ok=True)
