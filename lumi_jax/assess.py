@@ -217,8 +217,9 @@ def under_training(train_steps, train_losses, eval_steps, val_losses, total_step
                         f"the {curve} loss was still falling at the end: {fit['drop_over_last_third']:.3f} nats "
                         f"({drop_ratio:.1%}) over the last third of the run (slope {fit['slope_per_step']:.2e} "
                         f"± {fit['slope_stderr']:.1e} per step)",
-                        f"train about {more} more steps (--steps {total_steps + more} with --resume); the "
-                        "curve has not flattened yet", **values)
+                        f"train a longer run, about {total_steps + more} steps (--steps {total_steps + more}), "
+                        "into a new --out: the curve has not flattened yet, and a finished run's learning rate has "
+                        "decayed, so a resume cannot lengthen it", **values)
     how = "had flattened" if drop_ratio <= UNDERTRAINED_DROP_RATIO else "moved, but within its noise"
     return _finding("under_training", "ok",
                     f"the {curve} loss changed {-drop_ratio:+.1%} over the last third (slope "
@@ -259,8 +260,8 @@ def data_budget(tokens_seen: int, params: int, train_tokens: int, tokens_per_ste
     if ratio < TOKENS_PER_PARAM and epochs <= USEFUL_EPOCHS:
         needed = math.ceil((TOKENS_PER_PARAM * params - tokens_seen) / max(tokens_per_step, 1))
         notes.append(f"{ratio:.1f} tokens per parameter, under the ~{TOKENS_PER_PARAM:g} that is compute-optimal")
-        advice.append(f"about {needed} more steps reach {TOKENS_PER_PARAM:g} tokens per parameter "
-                      f"(--steps {steps + needed} with --resume)")
+        advice.append(f"a run of about {steps + needed} steps (--steps {steps + needed}, into a new --out) reaches "
+                      f"{TOKENS_PER_PARAM:g} tokens per parameter")
     elif ratio < TOKENS_PER_PARAM:
         notes.append(f"{ratio:.1f} tokens per parameter, under the ~{TOKENS_PER_PARAM:g} that is compute-optimal, "
                      "but more steps would only repeat the data")

@@ -240,15 +240,21 @@ class Trainer:
         for name in ("auto_recipe",) if existing else ():  # a continued run keeps how it was chosen
             if name in stored:
                 self.run_config[name] = stored[name]
+        self.stored_steps = int(stored["train"]["steps"]) if existing else None
+
+    def record_run(self) -> None:
+        """Write config.json (on resume: the new budget and intervals, the same identity) and the
+        tokenizer, once every check, the resume's included, has passed: a refused command changes nothing."""
         if jax.process_count() > 1:  # every host has decided new-or-resume before host 0 writes
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("lumi train: run directory checked")
         if self.is_writer:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(config_path, self.run_config)  # on resume: the new steps / budget, same identity
-            if not (run_dir / "tokenizer.model").exists():
-                shutil.copyfile(self.dataset.tokenizer_path, run_dir / "tokenizer.model")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.run_config["train"] = self.train_config.to_dict()  # the length as the resume rule left it
+            write_json_atomic(self.run_dir / "config.json", self.run_config)
+            if not (self.run_dir / "tokenizer.model").exists():
+                shutil.copyfile(self.dataset.tokenizer_path, self.run_dir / "tokenizer.model")
 
     # -- restore or initialise ---------------------------------------------------------------------
 
@@ -290,6 +296,10 @@ class Trainer:
             recorded = dict(meta["schedule"])
             self.plan_frozen = recorded.pop("frozen", True)
             self.plan, self.plan_decided = SchedulePlan(**recorded), True
+        elif self.stored_steps is not None and self.train_config.resolved_schedule == "wsd":
+            self.plan = SchedulePlan.over_steps(dataclasses.replace(self.train_config, steps=self.stored_steps))
+        if self.stored_steps is not None and self.stored_steps != self.train_config.steps:
+            self.change_length(self.stored_steps)
         trained, opt_state = kind.from_resume_item(restored["params"], restored["opt_state"])
         frozen = None
         if self.init_params is not None and kind.record() is not None:  # LoRA: the base, placed as before
@@ -297,6 +307,29 @@ class Trainer:
                                     self.state_shardings.frozen)
         self.state = TrainState(step=jax.device_put(jnp.int32(self.start_step), self.state_shardings.step),
                                 params=trained, opt_state=opt_state, frozen=frozen)
+
+    def change_length(self, planned: int) -> None:
+        """The resume rule for a new --steps: a run's learning rate never jumps back up, and its
+        decay is never cut short. A WSD run whose decay has not begun may be lengthened or shortened:
+        its constant phase simply runs to the new decay. A cosine run's whole curve depends on its
+        length, and a decay that has begun is fixed: both are refused, with what to do instead."""
+        config, step = self.train_config, self.start_step
+        wanted = config.steps
+        if config.resolved_schedule == "wsd" and step < self.plan.decay_start:
+            lengthened = SchedulePlan.over_steps(config, wanted, done=step)
+            self.plan = dataclasses.replace(lengthened, warmup=self.plan.warmup,
+                                            decay_start=max(lengthened.decay_start, self.plan.warmup, step))
+            self.plan_frozen = not self.time_aware  # a budgeted run sizes itself again
+            return
+        if config.resolved_schedule == "wsd":
+            why = f"its decay began at step {self.plan.decay_start}"
+        else:
+            why = "its cosine schedule is defined over that length, so the learning rate would jump"
+        raise UserError(
+            f"{self.run_dir}: was planned for {planned} steps and is at step {step}; --steps {wanted} would change "
+            f"a schedule already under way ({why}); resume with --steps {planned} (or leave --steps out), or train "
+            f"a longer run into a new --out (with --schedule wsd, a run can be lengthened on resume until its "
+            f"decay begins)")
 
     # -- the copy warm-up: another data source for the same loop ------------------------------------
 
@@ -559,10 +592,15 @@ class Trainer:
             self.message = (f"stopped by {self.signal_name} before the first training step; nothing was saved; "
                             f"run the same command again to start over")
         elif reason == "signal":
-            self.message = f"stopped by {self.signal_name} at step {step}; checkpoint saved; resume with: {resume_command}"
+            left, flag = self.resume_budget(self.stopwatch.left())
+            note = f", {left} of its budget left" if flag else ""
+            self.message = (f"stopped by {self.signal_name} at step {step}; checkpoint saved{note}; resume with: "
+                            f"{resume_command}{flag}")
         elif reason == "time_budget":
-            self.message = (f"time budget of {self.train_config.time_budget_minutes:g} min reached at step {step}; "
-                            f"checkpoint saved; continue with: {resume_command}")
+            needed, flag = self.resume_budget(self.time_to_finish(step))
+            self.message = (f"time budget of {self.train_config.time_budget_minutes:g} min reached at step {step} of "
+                            f"{self.text.end}; checkpoint saved{'; the rest needs about ' + needed if needed else ''}; continue with: "
+                            f"{resume_command}{flag}")
         summary = self.summary()
         if self.is_writer:
             write_json_atomic(self.run_dir / "summary.json", summary)
@@ -575,6 +613,22 @@ class Trainer:
                 print(f"{self.run_dir}: {reason} at step {step} ({loss_text}{val_text}) in "
                       f"{summary['wall_time_s']:.1f} s, compile {self.compile_time_s:.1f} s", flush=True)
         return summary
+
+    def time_to_finish(self, step: int) -> float:
+        """Seconds the steps this run still plans (and their evaluations) take at its recent speed."""
+        if not self.iteration_times:
+            return float("nan")
+        steps_left = max(self.text.end - step, 1)
+        evaluations = (steps_left // self.train_config.eval_every + 1) if self.train_config.eval_every else 0
+        return steps_left * self.recent_step_time() + evaluations * self.eval_seconds
+
+    def resume_budget(self, seconds: float | None) -> tuple[str, str]:
+        """('1.7 min', ' --time-budget 1.7') for a printed resume command: without the flag a resume
+        takes the stored budget again, whole, and stops after the same minutes (or overspends it)."""
+        if seconds is None or not math.isfinite(seconds) or self.train_config.time_budget_minutes is None:
+            return "", ""
+        minutes = max(0.1, math.ceil(seconds / 6) / 10)
+        return f"{minutes:g} min", f" --time-budget {minutes:g}"
 
     def summary(self) -> dict[str, Any]:
         times, step = self.step_times, self.step
@@ -628,6 +682,7 @@ def train(
     with RunLock(out_dir, enabled=trainer.is_writer):  # one writer per run, until the summary is written
         trainer.open_run(resume, record or {})
         trainer.restore_or_initialise()
+        trainer.record_run()
         with StopRequest() as stop:
             if trainer.needs_copy_warmup:
                 trainer.copy_warm_up(stop)

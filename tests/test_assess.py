@@ -26,7 +26,8 @@ def test_an_under_trained_run_is_called_under_trained(runs):
     findings = by_name(report)
     assert findings["under_training"]["status"] == "problem"
     assert findings["under_training"]["values"]["curve"] == "validation"
-    assert "more steps" in findings["under_training"]["recommendation"]
+    advice = findings["under_training"]["recommendation"]
+    assert "longer run" in advice and "new --out" in advice and "--resume" not in advice  # the resume rule
     assert findings["over_fitting"]["status"] == "ok"
     assert report["grade"] in ("C", "D")
     saved = json.loads((runs["under_trained"] / "assess.json").read_text())

@@ -12,7 +12,6 @@ benchmarks/results/reliability.json; docs/reliability.md lists what the catalogu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from disk_state import tree_hash
 
 from lumi_jax import cli, session
 from lumi_jax.config import TrainConfig
@@ -261,19 +261,6 @@ def world(tmp_path_factory, dataset_dir, micro_config):
 
     export_hf(runs / "good", w / "hf")  # a Hugging Face directory to import
     return w
-
-
-def tree_hash(*roots: Path) -> str:
-    """Every path under the roots, with its bytes (a symlink by its target)."""
-    digest = hashlib.sha256()
-    for root in roots:
-        for path in sorted(root.rglob("*")) if root.exists() else []:
-            digest.update(str(path.relative_to(root)).encode() + b"\0")
-            if path.is_symlink():
-                digest.update(os.readlink(path).encode())
-            elif path.is_file():
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
 
 
 def watched(w: Path) -> tuple[Path, ...]:
