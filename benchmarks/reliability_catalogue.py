@@ -1,4 +1,4 @@
-"""The bad-input catalogue, run and counted: benchmarks/results/reliability.json.
+"""The bad-input catalogue and the fault tests, run and counted: benchmarks/results/reliability.json.
 
     .venv/bin/python benchmarks/reliability_catalogue.py
 
@@ -6,6 +6,8 @@ Runs tests/test_bad_inputs.py under pytest (each case records its exit status, i
 whether the data and run directories were left unchanged), then writes how many cases there are,
 how many ran and were refused cleanly, which wait for a line in another module (skipped until
 then), and the defects the catalogue found while it was being written, with where each was fixed.
+Then runs tests/test_faults.py (ten kill -9s at chosen moments, a file-size limit reached
+mid-run) and records what each kill hit, the steps it cost and what the full disk kept.
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ def main() -> int:
         result = subprocess.run([sys.executable, "-m", "pytest", "tests/test_bad_inputs.py", "-q", "-rs",
                                  "-p", "no:cacheprovider"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
         ran = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+        faults_record = Path(scratch) / "faults.jsonl"
+        faults = subprocess.run([sys.executable, "-m", "pytest", "tests/test_faults.py", "-q", "-p",
+                                 "no:cacheprovider"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                env={**os.environ, "LUMI_FAULTS_RECORD": str(faults_record)})
+        fault_figures = ({entry.pop("kind"): entry for entry in map(json.loads, faults_record.read_text().splitlines())}
+                         if faults_record.exists() else {})
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     from test_bad_inputs import CASES  # noqa: E402 (the catalogue itself, for the count)
 
@@ -84,6 +92,7 @@ def main() -> int:
         "waiting_for": skipped,
         "pytest_exit_status": result.returncode,
         "by_kind": {how: sum(1 for c in CASES if c.how == how) for how in sorted({c.how for c in CASES})},
+        "faults": {"pytest_exit_status": faults.returncode, **fault_figures},
         "defects_found": len(DEFECTS),
         "defects": DEFECTS,
         "seconds": round(time.perf_counter() - started, 1),
@@ -92,7 +101,10 @@ def main() -> int:
     RESULT.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(f"{summary['cases']} cases: {summary['refused_cleanly']} of {summary['ran']} run refused cleanly, "
           f"{sum(skipped.values())} waiting for wiring; {len(DEFECTS)} defects found; wrote {RESULT}")
-    return 0 if result.returncode == 0 else 1
+    kills = fault_figures.get("kill_points", {})
+    print(f"faults: {kills.get('survived', 0)} kill -9s survived, bit-identical: {kills.get('bit_identical')}; full disk: "
+          f"{fault_figures.get('full_disk', {}).get('steps_lost', 'not run')} steps lost")
+    return 0 if result.returncode == 0 and faults.returncode == 0 else 1
 
 
 if __name__ == "__main__":

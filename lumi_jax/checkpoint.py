@@ -206,6 +206,10 @@ class CheckpointStore:
                 write_manifest(step_dir)
         self.unsealed = []
 
+    def sealed_steps(self) -> list[int]:
+        """The steps whose save finished and whose manifest was written: the ones a restore trusts."""
+        return [step for step in self.steps() if (self.directory / str(step) / MANIFEST_NAME).is_file()]
+
     def wait(self) -> None:
         self.seal()
 

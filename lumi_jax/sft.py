@@ -22,6 +22,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from lumi_jax.config import load_train_config
@@ -38,6 +39,7 @@ from lumi_jax.flags import (
     train_config_from_flags,
 )
 from lumi_jax.lora import LoraTraining
+from lumi_jax.run_lock import RunLock
 from lumi_jax.runs import load_run
 from lumi_jax.step import FullTraining
 from lumi_jax.train import train
@@ -199,36 +201,38 @@ def fine_tune(from_run: str | Path, data_dir: str | Path, out_dir: str | Path, t
                         f"{pretrained.model_config.max_seq_len}; use --context {pretrained.model_config.max_seq_len} or less")
     train_data, truncation = fit_to_context(data_dir, context, context_copy_dir(data_dir, context), log)
 
-    examples = spread_sample(held_out_examples(data_dir), eval_examples)
-    before = exact_match(pretrained.model_config, pretrained.params, pretrained.tokenizer, examples) if examples else None
-    if before is not None:
-        log(f"held-out exact match before fine-tuning: {before['accuracy']:.1%} ({before['correct']}/{before['total']})")
+    # One writer from the first score to sft.json: a second `lumi sft --out` there is refused at once.
+    with RunLock(out_dir, enabled=jax.process_index() == 0):
+        examples = spread_sample(held_out_examples(data_dir), eval_examples)
+        before = exact_match(pretrained.model_config, pretrained.params, pretrained.tokenizer, examples) if examples else None
+        if before is not None:
+            log(f"held-out exact match before fine-tuning: {before['accuracy']:.1%} ({before['correct']}/{before['total']})")
 
-    trained_kind = LoraTraining(lora_rank, lora_alpha) if lora_rank else FullTraining()
-    summary = train(train_config, pretrained.model_config, train_data, out_dir, init_params=pretrained.params,
-                    init_from=str(from_run), trained_kind=trained_kind, show_progress=show_progress,
-                    resume_command=f"lumi sft --from {from_run} --data {data_dir} --out {out_dir}"
-                    + (f" --lora-rank {lora_rank}" if lora_rank else ""))
-    if summary["stop_reason"] == "nan":
-        raise UserError(summary["message"])
+        trained_kind = LoraTraining(lora_rank, lora_alpha) if lora_rank else FullTraining()
+        summary = train(train_config, pretrained.model_config, train_data, out_dir, init_params=pretrained.params,
+                        init_from=str(from_run), trained_kind=trained_kind, show_progress=show_progress,
+                        resume_command=f"lumi sft --from {from_run} --data {data_dir} --out {out_dir}"
+                        + (f" --lora-rank {lora_rank}" if lora_rank else ""))
+        if summary["stop_reason"] == "nan":
+            raise UserError(summary["message"])
 
-    after = None
-    if examples:
-        tuned = load_run(out_dir)
-        after = exact_match(tuned.model_config, tuned.params, tuned.tokenizer, examples)
-        log(f"held-out exact match after fine-tuning: {after['accuracy']:.1%} ({after['correct']}/{after['total']})"
-            + "".join(f"\n  {family}: {before['by_family'].get(family, 0):.0%} -> {accuracy:.0%}"
-                      for family, accuracy in after["by_family"].items()))
-    report = {
-        "from": str(from_run),
-        "data": str(data_dir),
-        "trained_on": str(train_data),
-        "method": f"lora(rank={lora_rank}, alpha={lora_alpha or lora_rank})" if lora_rank else "full",
-        "truncation": truncation,
-        "held_out_exact_match": {"before": before, "after": after, "examples": len(examples)},
-        "train_summary": summary,
-    }
-    write_json_atomic(out_dir / "sft.json", report)
+        after = None
+        if examples:
+            tuned = load_run(out_dir)
+            after = exact_match(tuned.model_config, tuned.params, tuned.tokenizer, examples)
+            log(f"held-out exact match after fine-tuning: {after['accuracy']:.1%} ({after['correct']}/{after['total']})"
+                + "".join(f"\n  {family}: {before['by_family'].get(family, 0):.0%} -> {accuracy:.0%}"
+                          for family, accuracy in after["by_family"].items()))
+        report = {
+            "from": str(from_run),
+            "data": str(data_dir),
+            "trained_on": str(train_data),
+            "method": f"lora(rank={lora_rank}, alpha={lora_alpha or lora_rank})" if lora_rank else "full",
+            "truncation": truncation,
+            "held_out_exact_match": {"before": before, "after": after, "examples": len(examples)},
+            "train_summary": summary,
+        }
+        write_json_atomic(out_dir / "sft.json", report)
     return report
 
 

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import math
+import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -374,7 +377,8 @@ class Trainer:
 
     def loop(self, phase: Phase, start: int, stop: StopRequest) -> tuple[int, str]:
         """Run `phase` from step `start`; returns (the step reached, why it stopped)."""
-        step = start
+        step = self.reached = start
+        self.phase_running = phase
         next_batch = phase.batch_at(step) if step < phase.end else None
         while step < phase.end:
             # One update. Dispatch is asynchronous: the next batch loads on the host while the
@@ -391,7 +395,7 @@ class Trainer:
                                 f"norm {metrics['grad_norm']:.4g} (lr {metrics['lr']:.3g}); {self.saved_note(step)}; "
                                 f"lower --lr (now {self.train_config.lr:g}) or lengthen --warmup, and train into a new --out")
                 return step, "nan"
-            step += 1
+            step = self.reached = step + 1
             self.step_times.append(step_time)
 
             # Logging, checkpoints and evaluation: the phase's own.
@@ -410,6 +414,41 @@ class Trainer:
             if out_of_time:
                 return step, "time_budget"
         return step, "completed"
+
+    def save_after_failure(self, error: BaseException) -> str:
+        """An exception left the loop (a full disk, a failing batch, an evaluation out of memory):
+        save the text state it reached, if that state is intact, and say where the run stands. Never
+        raises: the original error is the one to report."""
+        display = getattr(self, "display", None)
+        if display is not None:
+            display.close()  # the terminal back to normal before the error line
+        phase = getattr(self, "phase_running", None)
+        if phase is None or phase is not getattr(self, "text", None):
+            return "no training step was taken, so nothing was saved"  # the copy warm-up saves nothing
+        def latest() -> str:
+            sealed = self.sealed_steps_safely()
+            return f"the latest checkpoint is step {max(sealed)}" if sealed else "there is no checkpoint yet"
+
+        if any(leaf.is_deleted() for leaf in jax.tree.leaves(self.state) if isinstance(leaf, jax.Array)):
+            return f"the state after step {self.reached} was lost with the failed update; {latest()}"
+        # The state's own count: an update may have finished after the last step the loop counted
+        # (the next batch loads while it runs), and a non-finite one left the count as it was.
+        step = int(jax.device_get(self.state.step))
+        if step in self.sealed_steps_safely():
+            return f"the last good state (step {step}) is saved"
+        try:
+            self.save(step)
+            self.store.seal()  # waits: an asynchronous save's error surfaces here, not later
+        except Exception as save_error:  # e.g. the disk that failed the loop fails the save too
+            text = str(save_error).strip()
+            return f"saving step {step} failed too ({text.splitlines()[0][:200] if text else type(save_error).__name__}); {latest()}"
+        return f"the last good state (step {step}) is saved" if step in self.sealed_steps_safely() else latest()
+
+    def sealed_steps_safely(self) -> list[int]:
+        try:
+            return self.store.sealed_steps()
+        except Exception:  # a listing that fails too: claim nothing
+            return []
 
     def saved_note(self, good_step: int) -> str:
         if good_step == 0:
@@ -683,11 +722,47 @@ def train(
         trainer.open_run(resume, record or {})
         trainer.restore_or_initialise()
         trainer.record_run()
-        with StopRequest() as stop:
-            if trainer.needs_copy_warmup:
-                trainer.copy_warm_up(stop)
-            trainer.run_text(stop)
-        return trainer.finish(resume_command or f"lumi train --out {out_dir} --data {data_path} --resume")
+        resume_command = resume_command or f"lumi train --out {out_dir} --data {data_path} --resume"
+        try:
+            with StopRequest() as stop:
+                if trainer.needs_copy_warmup:
+                    trainer.copy_warm_up(stop)
+                trainer.run_text(stop)
+            return trainer.finish(resume_command)
+        except Exception as error:  # the loop, or the final save and evaluation: keep what can be kept
+            replacement = failed_training(error, trainer.save_after_failure(error), resume_command)
+            if replacement is error:
+                raise
+            raise replacement from error
+
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: a file-size limit (ulimit -f)
+
+
+def full_disk_error(error: BaseException | None) -> OSError | None:
+    """The full-disk OSError behind `error`, if any (an asynchronous save wraps it in its own)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in FULL_DISK:
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def failed_training(error: Exception, where_it_stands: str, resume_command: str) -> Exception:
+    """The exception to raise once the state is saved: a full disk is the user's to fix (one line,
+    exit 2); anything else is re-raised as it was, after a line saying what was kept."""
+    if isinstance(error, UserError):
+        return UserError(f"{error}; {where_it_stands}")
+    full_disk = full_disk_error(error)
+    if full_disk is not None:
+        place = f"{full_disk.filename}: " if full_disk.filename else ""
+        return UserError(f"{place}the disk is full or a file-size limit was reached ({os.strerror(full_disk.errno)}) "
+                         f"while training; {where_it_stands}; free some space, then resume with: {resume_command}")
+    print(f"error: training failed ({type(error).__name__}); {where_it_stands}; after fixing the cause, resume "
+          f"with: {resume_command}", file=sys.stderr, flush=True)
+    return error
 
 
 # ---------------------------------------------------------------------------------------------

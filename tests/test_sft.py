@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -17,6 +18,7 @@ from lumi_jax.data.prepare import prepare_dataset
 from lumi_jax.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
 from lumi_jax.lora import adapter_names
 from lumi_jax.model import forward, init_params
+from lumi_jax.run_lock import holds_lock
 from lumi_jax.runs import load_run
 from lumi_jax.step import enable_compilation_cache, loss_sums
 from lumi_jax.train import train
@@ -247,6 +249,23 @@ def test_sft_starts_from_the_pretrained_run_and_keeps_its_tokenizer(pretrained, 
     assert report["method"] == "full"
     assert report["held_out_exact_match"]["before"]["total"] == 8
     assert report["held_out_exact_match"]["after"]["total"] == 8
+
+
+def test_sft_holds_the_run_lock_until_sft_json_is_written(pretrained, instructions_dir, capsys, monkeypatch):
+    out = pretrained.parent / "ft-locked"
+    seen = []
+    real_write = sft.write_json_atomic
+
+    def write_noting_the_lock(path, value):
+        if Path(path).name == "sft.json":
+            seen.append(holds_lock(out))
+        return real_write(path, value)
+
+    monkeypatch.setattr(sft, "write_json_atomic", write_noting_the_lock)
+    status, err = run_cli(["sft", "--from", str(pretrained), "--data", str(instructions_dir), "--out", str(out),
+                           *SFT_FLAGS], capsys)
+    assert status == 0, err
+    assert seen == [True] and not holds_lock(out) and not (out / ".lock").exists()
 
 
 def test_lora_sft_changes_only_the_adapted_matrices(pretrained, instructions_dir, capsys):
