@@ -407,7 +407,9 @@ class Trainer:
             # Termination: a signal, or no time left for one more step and the final evaluation. Every
             # process stops at the same step (else one saves while another steps, and both wait forever).
             budget_left = self.stopwatch.left()
-            out_of_time = budget_left is not None and budget_left < self.iteration_times[-1] + self.eval_seconds
+            # The next iteration, as the median of the last few: one that held a save is a lump, not a trend.
+            next_iteration = float(np.median(self.iteration_times[-5:]))
+            out_of_time = budget_left is not None and budget_left < next_iteration + self.eval_seconds
             signalled, out_of_time = shard.any_process([stop.signal_name is not None, out_of_time])
             if signalled:
                 return step, "signal"
@@ -500,19 +502,24 @@ class Trainer:
         return float(np.mean(recent))
 
     def plan_to_deadline(self, step: int, window: int) -> SchedulePlan:
-        """The steps that fit in the time left, with the decay over their last share (optim.py).
-        Counts the evaluations ahead (the last one measured, or ~0.4 of a step per batch) and keeps
-        a margin, so the decay ends before the deadline rather than being cut by it. A decay never
-        starts in the past."""
+        """The steps that fit in the time left, with the decay over their last share (optim.py)."""
+        return SchedulePlan.over_steps(self.train_config, self.steps_that_fit(step, window), done=step)
+
+    def steps_that_fit(self, step: int, window: int) -> int:
+        """The step count the run can reach before its deadline, at its recent speed. Counts the
+        evaluations ahead (the last one measured, or ~0.4 of a step per batch) and keeps a margin,
+        so the decay ends before the deadline rather than being cut by it: a share of the time left,
+        and the two slowest recent iterations (a save is a lump the share of a short remainder
+        would not cover)."""
         config = self.train_config
+        slowest = max(self.iteration_times[1:][-window:] or self.iteration_times)
         # Process 0's clock for every process: plans made from different timings would differ.
-        step_time, left, eval_seconds = shard.from_process_0([self.recent_step_time(window), self.stopwatch.left(),
-                                                              self.eval_seconds])
+        step_time, left, eval_seconds, slowest = shard.from_process_0(
+            [self.recent_step_time(window), self.stopwatch.left(), self.eval_seconds, slowest])
         eval_cost = eval_seconds or EVAL_COST_PER_BATCH * config.eval_batches * step_time
-        usable = PLAN_MARGIN * left - (eval_cost if config.eval_every else 0.0)
+        usable = PLAN_MARGIN * left - 2 * slowest - (eval_cost if config.eval_every else 0.0)
         per_step = step_time + (eval_cost / config.eval_every if config.eval_every else 0.0)
-        total = min(config.steps, step + max(1, int(usable / per_step)))
-        return SchedulePlan.over_steps(config, total, done=step)
+        return min(config.steps, step + max(1, int(usable / per_step)))
 
     def size_to_deadline(self, step: int) -> None:
         """A time-budgeted WSD run sizes itself to its deadline: first after PLAN_AFTER_STEPS timed
@@ -521,11 +528,17 @@ class Trainer:
         and for the last time when the decay begins. From then on the plan is fixed, and recorded
         in every checkpoint: a resumed run follows the same decay bit for bit."""
         steps_run = step - self.start_step
-        if self.plan_frozen or steps_run < PLAN_AFTER_STEPS:
+        if steps_run < PLAN_AFTER_STEPS:
+            return
+        # Recent (a machine's speed drifts), but long enough to hold a save: saves come in lumps,
+        # and a window between two of them would plan too many steps and the budget cut the decay.
+        window = max(PLAN_AFTER_STEPS, steps_run // 10, min(self.train_config.save_every, steps_run - 1))
+        if self.plan_frozen:
+            if steps_run % REPLAN_EVERY == 0:
+                self.shorten_decay_to_fit(step, window)
             return
         first = not self.plan_decided
         if first or steps_run % REPLAN_EVERY == 0 or step >= self.plan.decay_start:
-            window = max(PLAN_AFTER_STEPS, steps_run // 10)  # recent: a machine's speed drifts
             self.plan, self.plan_decided = self.plan_to_deadline(step, window), True
             self.text.end = self.plan.decay_end
         self.plan_frozen = step >= self.plan.decay_start
@@ -533,6 +546,22 @@ class Trainer:
             self.display.note(f"time-aware schedule: {self.plan.decay_end} of {self.train_config.steps} steps fit in "
                               f"the budget; warmup {self.plan.warmup} steps, lr decays from step "
                               f"{self.plan.decay_start} to {self.plan.decay_end}")
+
+    def shorten_decay_to_fit(self, step: int, window: int) -> None:
+        """A machine that slowed down during the decay: end the decay earlier, at the step the time
+        left still reaches, going on from the learning rate it has now (never higher), rather than
+        be cut by the deadline part way down. The new plan goes into every later checkpoint."""
+        fits = self.steps_that_fit(step, window)
+        start, last = self.plan.decay_start, self.plan.decay_end - 1
+        done = (step - start) / max(last - start, 1)  # of the decay, at the next update
+        if fits >= self.plan.decay_end or done >= 1.0:
+            return
+        new_end = max(fits, step + 1)
+        # The start that puts the next update at least `done` of the way down the shorter decay.
+        new_start = max(0, min(step, math.floor((step - done * (new_end - 1)) / (1.0 - done))))
+        self.plan = dataclasses.replace(self.plan, decay_start=new_start, decay_end=new_end)
+        self.text.end = new_end
+        self.display.note(f"time-aware schedule: slower than planned; the decay now ends at step {new_end}")
 
     def measure_evaluation(self) -> None:
         """Compile the evaluation before the loop (its compile time is not a step's) and time one

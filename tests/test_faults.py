@@ -5,7 +5,7 @@
   evaluation runs, and at random times. After each, the same command again. The run that
   finally completes must equal an uninterrupted one bit for bit: parameters, every logged loss
   and every validation loss.
-- A file-size limit (`ulimit -f`, RLIMIT_FSIZE) reached mid-run: one line, exit 2, the state the
+- A file-size limit (`ulimit -f`) reached mid-run: one line, exit 2, the state the
   loop had reached saved, restorable, and the run resumable once the limit is gone.
 - An exception from the data mid-loop: the reached state is saved before the error propagates.
 
@@ -19,7 +19,6 @@ import json
 import os
 import random
 import re
-import resource
 import signal
 import subprocess
 import sys
@@ -58,11 +57,13 @@ def record(kind: str, **figures) -> None:
 class Training:
     """`lumi train` as a subprocess whose stdout is read as it comes."""
 
-    def __init__(self, flags: list[str], *, env: dict | None = None, preexec=None):
+    def __init__(self, flags: list[str], *, env: dict | None = None, limit_kib: int | None = None):
         self.started = time.time()
-        self.process = subprocess.Popen([sys.executable, "-m", "lumi_jax.cli", "train", *flags], cwd=REPO,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        env=env or dict(os.environ), preexec_fn=preexec)
+        command = [sys.executable, "-m", "lumi_jax.cli", "train", *flags]
+        if limit_kib is not None:
+            command = ["bash", "-c", f'ulimit -f {limit_kib} && exec "$@"', "lumi", *command]
+        self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env=env or dict(os.environ))
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self.read, daemon=True)
         self.reader.start()
@@ -186,11 +187,10 @@ def test_a_full_disk_ends_in_one_line_with_the_reached_state_saved(dataset_dir, 
              "--save-every", "100", "--eval-every", "0", "--log-every", "1", "--quiet",
              "--data", str(dataset_dir), "--out", str(run)]
 
-    def limit_file_size():  # in the child: any write past the limit fails with EFBIG (Python ignores SIGXFSZ)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT_BYTES, FILE_LIMIT_BYTES))
-
-    env = {**os.environ, "LUMI_COMPILE_CACHE": "off"}  # the compile cache's files would meet the limit too
-    status, stderr = Training(flags, env=env, preexec=limit_file_size).finish()
+    # `ulimit -f` (in KiB) in a shell that then becomes lumi: every write past the limit fails with
+    # EFBIG (Python ignores SIGXFSZ). The compile cache's files would meet the limit too: off.
+    env = {**os.environ, "LUMI_COMPILE_CACHE": "off"}
+    status, stderr = Training(flags, env=env, limit_kib=FILE_LIMIT_BYTES // 1024).finish()
     lines = stderr.strip().splitlines()
     assert status == 2, stderr
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
