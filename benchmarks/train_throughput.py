@@ -1,7 +1,7 @@
 """Training throughput: tokens/s and MFU of the real train step, per model, on this machine.
 
     .venv/bin/python benchmarks/train_throughput.py [--cases tiny:8:256 small:4:256] [--dtype float32|bfloat16]
-        [--grad-accum N] [--remat]
+        [--grad-accum N] [--remat off full dots]
 
 For each case (model config : batch size : context) it builds the state and the jitted, donated train step exactly as `lumi train` does,
 compiles it ahead of time (compile seconds reported apart), runs warm-up steps, then times
@@ -55,7 +55,7 @@ def machine() -> dict:
 
 
 def measure(model_name: str, batch_size: int, context: int, dtype: str, steps: int, warmup: int,
-            grad_accum: int = 1, remat: bool = False) -> dict:
+            grad_accum: int = 1, remat: str = "off") -> dict:
     model = dataclasses.replace(load_model_config(model_name), dtype=dtype)
     config = TrainConfig(steps=1000, batch_size=batch_size, context=context, warmup=10, dtype=dtype,
                          grad_accum=grad_accum, remat=remat)
@@ -121,16 +121,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
-    parser.add_argument("--remat", action="store_true", help="recompute block activations in the backward pass")
+    parser.add_argument("--remat", nargs="+", default=["off"], choices=("off", "full", "dots"),
+                        help="remat policies to measure, each case under each (what the backward pass recomputes)")
     parser.add_argument("--out", help="result JSON (default benchmarks/results/train_<platform>_<dtype>.json)")
     args = parser.parse_args()
 
     results = []
     for case in args.cases:
         name, batch, context = (case.split(":") + ["8", "256"])[:3]
-        result = measure(name, int(batch), int(context), args.dtype, args.steps, args.warmup, args.grad_accum, args.remat)
-        print(json.dumps(result), flush=True)
-        results.append(result)
+        for remat in args.remat:
+            result = measure(name, int(batch), int(context), args.dtype, args.steps, args.warmup, args.grad_accum, remat)
+            print(json.dumps(result), flush=True)
+            results.append(result)
     info = machine()
     record = {
         "benchmark": "train_throughput",

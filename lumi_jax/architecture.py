@@ -112,16 +112,18 @@ def activation_elements_per_layer(config: ModelConfig, batch: int, seq: int) -> 
 
 
 def estimate_training_memory(
-    config: ModelConfig, batch: int, seq: int, dtype: str | None = None, remat: bool = False
+    config: ModelConfig, batch: int, seq: int, dtype: str | None = None, remat: bool | str = False
 ) -> dict[str, int]:
     """Bytes for one training step of AdamW with float32 master parameters.
 
     Parameters, gradients and the two AdamW moments are float32 whatever the compute dtype.
     Activations are in the compute dtype, except the attention scores, softmax and logits, which
     model.py keeps in float32. The logits count three times (logits, their softmax, their
-    gradient). With rematerialisation only each block's input is kept, plus one block's full set
-    while it is recomputed.
+    gradient). With full rematerialisation (`remat` True or "full") only each block's input is
+    kept, plus one block's full set while it is recomputed; with "dots", each block also keeps its
+    projections' outputs (q, k, v, the attention output's projection, gate, up and down).
     """
+    policy = {False: "off", True: "full"}.get(remat, remat)
     dtype = dtype or config.dtype
     n_params = closed_form_params(config)
     per_layer = activation_elements_per_layer(config, batch, seq)
@@ -130,8 +132,12 @@ def estimate_training_memory(
     other_bytes = (sum(per_layer.values()) - per_layer["attention_scores"]) * act_bytes
     one_layer = scores_bytes + other_bytes
     logits = 3 * batch * seq * config.vocab_size * 4
-    if remat:
-        activations = config.n_layers * batch * seq * config.d_model * act_bytes + one_layer + logits
+    if policy in ("full", "dots"):
+        kept = batch * seq * config.d_model  # the block's input
+        if policy == "dots":
+            qkv = batch * seq * (config.n_heads + 2 * config.kv_heads) * config.head_dim
+            kept += qkv + 2 * batch * seq * config.d_model + 2 * batch * seq * config.ffn_dim
+        activations = config.n_layers * kept * act_bytes + one_layer + logits
     else:
         activations = config.n_layers * one_layer + logits
     parts = {
@@ -246,10 +252,10 @@ def suggestions(config: ModelConfig, train_bytes: int, device_name: str, device_
                      f"{llama_hidden_dim(config.d_model, 64)} keeps LLaMA's ratio and tiles evenly")
     if device_bytes and train_bytes > device_bytes:
         notes.append(f"training needs ~{train_bytes / GIB:.1f} GiB, more than the {device_bytes / GIB:.1f} GiB "
-                     f"of {device_name}: lower the batch size, use --remat, or --dtype bf16")
+                     f"of {device_name}: lower the batch size, use --remat full, or --dtype bf16")
     elif device_bytes and train_bytes > 0.8 * device_bytes:
         notes.append(f"training needs ~{train_bytes / GIB:.1f} GiB, over 80% of {device_name}: "
-                     "consider --remat or a smaller batch")
+                     "consider --remat full (or dots) or a smaller batch")
     return notes
 
 

@@ -231,6 +231,9 @@ RECIPES_DIR = CONFIG_DIR / "recipes"
 SCHEDULES = ("auto", "cosine", "wsd")
 
 
+REMAT_POLICIES = ("off", "full", "dots")
+
+
 def setting(default: Any, help: str) -> Any:
     """A TrainConfig field with its help text; `lumi train --help` shows the text (flags.py)."""
     return dataclasses.field(default=default, metadata={"help": help})
@@ -281,7 +284,9 @@ class TrainConfig:
 
     # --- system ---
     dtype: str = setting("float32", "compute dtype, float32 or bfloat16 (bf16, fp32); parameters stay float32")
-    remat: bool = setting(False, "recompute block activations in the backward pass (less memory, more time)")
+    remat: str = setting("off", "recompute activations in the backward pass: off; full (keep each block's input, "
+                                "recompute the rest: least memory, ~1/3 more compute); dots (keep the matmul outputs, "
+                                "recompute the cheap rest: a middle way)")
     mesh_data: int = setting(0, "devices on the data axis; 0 means all devices not used by fsdp")
     mesh_fsdp: int = setting(1, "devices that shard parameters and optimizer state (FSDP)")
     tensorboard: bool = setting(False, "also write TensorBoard event files (needs tensorboardX)")
@@ -320,6 +325,8 @@ class TrainConfig:
                 fail(field, f"is {getattr(self, field)}", "use a value in [0, 1), e.g. 0.9 and 0.95")
         if self.grad_clip < 0:
             fail("grad_clip", f"is {self.grad_clip}", "use a positive norm such as 1.0, or 0 to disable")
+        if self.remat not in REMAT_POLICIES:
+            fail("remat", f"is {json.dumps(self.remat)}", f"use one of {', '.join(REMAT_POLICIES)}")
         if self.dtype not in COMPUTE_DTYPES:
             fail("dtype", f"is '{self.dtype}'", f"use one of {', '.join(COMPUTE_DTYPES)}")
         if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
@@ -337,6 +344,8 @@ class TrainConfig:
 
 
 def train_config_from_dict(data: Any, source: str) -> TrainConfig:
+    if isinstance(data, dict) and isinstance(data.get("remat"), bool):  # runs and recipes from before the policies
+        data = {**data, "remat": "full" if data["remat"] else "off"}
     config = dataclass_from_dict(TrainConfig, data, source)
     config.validate(source)
     return config

@@ -265,13 +265,32 @@ def exact_match(model_config, params, tokenizer, examples: Sequence[dict], *, ba
         by_family.setdefault(example.get("family", "all"), []).append(ok)
     wrong = [{"prompt": e["prompt"], "expected": x, "answer": a}
              for e, x, a, ok in zip(examples, expected, answers, correct, strict=True) if not ok]
-    return {
+    report = {
         "accuracy": sum(correct) / len(correct),
         "correct": sum(correct),
         "total": len(correct),
         "by_family": {family: sum(oks) / len(oks) for family, oks in sorted(by_family.items())},
         "wrong_samples": wrong[:5],
     }
+    if all("candidates" in e for e in examples):
+        report["baselines"] = trivial_baselines(examples)
+    return report
+
+
+def trivial_baselines(examples: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """What answerers that read no more than the prompt's surface score, overall and by family:
+    `pick_from_prompt` picks uniformly among the answers the prompt offers (its expected score,
+    exactly), `most_common_answer` says the task's most common training answer, and `best` is
+    the better of the two: the bar a fine-tuned model must clear."""
+    def scores(chosen: Sequence[dict]) -> dict[str, float]:
+        pick = sum(1 / len(e["candidates"]) if e["response"].strip() in e["candidates"] else 0.0 for e in chosen)
+        common = sum(e.get("most_common_answer", "").strip() == e["response"].strip() for e in chosen)
+        values = {"pick_from_prompt": pick / len(chosen), "most_common_answer": common / len(chosen)}
+        return {**values, "best": max(values.values())}
+
+    families = sorted({e.get("family", "all") for e in examples})
+    return {"all": scores(examples),
+            **{family: scores([e for e in examples if e.get("family", "all") == family]) for family in families}}
 
 
 # ---------------------------------------------------------------------------------------------

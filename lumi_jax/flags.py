@@ -25,7 +25,7 @@ import types
 import typing
 from collections.abc import Iterable
 
-from lumi_jax.config import COMPUTE_DTYPES, TrainConfig, train_config_from_dict
+from lumi_jax.config import COMPUTE_DTYPES, REMAT_POLICIES, TrainConfig, train_config_from_dict
 from lumi_jax.errors import UserError
 
 
@@ -150,6 +150,8 @@ def add_train_flags(parser: argparse.ArgumentParser, exclude: Iterable[str] = fr
             group.add_argument(*names, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif name == "dtype":
             group.add_argument(*names, dest=name, type=compute_dtype, metavar=METAVARS[name], help=help_text)
+        elif name == "remat":
+            group.add_argument(*names, dest=name, choices=REMAT_POLICIES, help=help_text)
         else:
             value_type, metavar = VALUE_TYPES[kind]
             group.add_argument(*names, dest=name, type=value_type, metavar=METAVARS.get(name, metavar),

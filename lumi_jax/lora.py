@@ -91,7 +91,7 @@ def merge(params: dict, adapters: dict, scale: float) -> dict:
 
 def lora_forward(config: ModelConfig, params: dict, adapters: dict, scale: float, tokens_BT: jax.Array,
                  segments_BT: jax.Array | None = None, scored_N: jax.Array | None = None,
-                 remat: bool = False) -> jax.Array:
+                 remat: str = "off") -> jax.Array:
     """Logits of the model with unmerged adapters: every target Dense adds scale · (x A) B.
     `segments_BT`, `scored_N`, `remat`: as for the plain model (model.Transformer)."""
 
@@ -131,7 +131,7 @@ class LoraTraining:
         return nest(init_lora(params, self.rank, jax.random.key(seed))), params
 
     def logits_fn(self, frozen):
-        def logits(model_config, trained, tokens_BT, *, remat=False, scored_N=None, segments_BT=None):
+        def logits(model_config, trained, tokens_BT, *, remat="off", scored_N=None, segments_BT=None):
             return lora_forward(model_config, frozen, flatten(trained), self.scale, tokens_BT,
                                 segments_BT=segments_BT, scored_N=scored_N, remat=remat)
         return logits

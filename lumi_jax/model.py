@@ -226,11 +226,18 @@ class Block(nn.Module):
         return x_BTD, new_cache
 
 
+# What a rematerialised block keeps for its backward pass. full: nothing but its input (everything
+# recomputed); dots: the outputs of the matmuls without batch dimensions, i.e. the projections
+# x·W (the costly part), while attention scores, norms and activations are recomputed.
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
 class Transformer(nn.Module):
-    """The whole model. `remat=True` recomputes each block's activations in the backward pass."""
+    """The whole model. `remat` ("off", "full", "dots") says what each block keeps for the
+    backward pass and what it recomputes (REMAT_POLICIES)."""
 
     config: ModelConfig
-    remat: bool = False
+    remat: str = "off"
 
     @nn.compact
     def __call__(
@@ -279,7 +286,7 @@ class Transformer(nn.Module):
                 mask_BTS = mask_BTS & key_mask_BS[:, None, :]
 
         rope = rope_tables(rope_angles(positions_BT, c.head_dim, c.rope_theta))  # once, for every layer
-        block_class = nn.remat(Block) if self.remat else Block
+        block_class = Block if self.remat == "off" else nn.remat(Block, policy=REMAT_POLICIES[self.remat])
         new_cache: Cache = []
         for i in range(c.n_layers):
             layer_cache = None if cache is None else cache[i]
@@ -328,7 +335,7 @@ def count_params(params: Any) -> int:
     return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
 
 
-def forward(config: ModelConfig, params: dict, tokens_BT: jax.Array, remat: bool = False,
+def forward(config: ModelConfig, params: dict, tokens_BT: jax.Array, remat: str = "off",
             scored_N: jax.Array | None = None, segments_BT: jax.Array | None = None) -> jax.Array:
     """Logits (B, T, V) for a causal pass: the function training and scoring use."""
     logits_BTV, _ = Transformer(config, remat=remat).apply({"params": params}, tokens_BT, scored_N=scored_N,

@@ -222,6 +222,8 @@ def fine_tune(from_run: str | Path, data_dir: str | Path, out_dir: str | Path, t
             after = exact_match(tuned.model_config, tuned.params, tuned.tokenizer, examples)
             log(f"held-out exact match after fine-tuning: {after['accuracy']:.1%} ({after['correct']}/{after['total']})"
                 + "".join(f"\n  {family}: {before['by_family'].get(family, 0):.0%} -> {accuracy:.0%}"
+                          + (f" (trivial baseline {after['baselines'][family]['best']:.0%})"
+                             if "baselines" in after else "")
                           for family, accuracy in after["by_family"].items()))
         report = {
             "from": str(from_run),

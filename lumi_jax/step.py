@@ -52,7 +52,7 @@ def model_logits(model_config: ModelConfig, params, tokens_BT, **options) -> jax
     return forward(model_config, params, tokens_BT, **options)
 
 
-def loss_sums(params, model_config: ModelConfig, batch: dict, *, remat: bool = False,
+def loss_sums(params, model_config: ModelConfig, batch: dict, *, remat: str = "off",
               scored_limit: int | None = None, per_row: bool = False, logits_fn=model_logits):
     """(Σ weights·nats, Σ weights): sums, so callers can aggregate batches exactly.
 
@@ -148,11 +148,14 @@ class TrainState:
     params: Any  # float32: what is trained (the model's parameters, or LoRA adapters)
     opt_state: Any
     frozen: Any = None  # float32 parameters that stay fixed (LoRA's base model); None otherwise
+    # Set by the first non-finite update, and then every later update changes nothing: the loop
+    # reads the metrics only every few steps, and the state it finds is still the last good one.
+    diverged: jax.Array | bool = False
 
 
 def new_state(trained, optimizer, frozen=None) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=trained, opt_state=optimizer.init(trained),
-                      frozen=frozen)
+                      frozen=frozen, diverged=jnp.zeros((), bool))
 
 
 def check_params_fit(model_config: ModelConfig, abstract_params, given_params) -> None:
@@ -234,7 +237,7 @@ def make_train_step(model_config: ModelConfig, train_config: TrainConfig, mesh,
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         updated = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                 opt_state=opt_state)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & ~jnp.asarray(state.diverged, bool)
 
         def unless_diverged(new, old):  # a non-finite step changes nothing: the state stays the last good one
             return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
@@ -242,7 +245,8 @@ def make_train_step(model_config: ModelConfig, train_config: TrainConfig, mesh,
         # The frozen base (LoRA) never changes: it is passed through, not selected again each step.
         new = state.replace(step=unless_diverged(updated.step, state.step),
                             params=unless_diverged(updated.params, state.params),
-                            opt_state=unless_diverged(updated.opt_state, state.opt_state))
+                            opt_state=unless_diverged(updated.opt_state, state.opt_state),
+                            diverged=~finite)  # sticky: once diverged, `finite` stays false
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "finite": finite}
         return new, metrics
 

@@ -152,7 +152,9 @@ class Phase:
     step_fn: Callable  # (state, batch) -> (state, metrics)
     batch_at: Callable[[int], dict[str, np.ndarray]]  # this process's rows at a step
     end: int  # the step count at which the phase is complete
-    after_update: Callable[[int, dict, float], None]  # (step, metrics, step time)
+    after_update: Callable[[int, dict | None, float], None]  # (step, metrics if read at this step, step time)
+    reads_metrics_at: Callable[[int], bool]  # the steps whose metrics it needs (logging, progress)
+    checkpoints_at: Callable[[int], bool] = lambda _step: False  # steps it saves at: read and checked first
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +311,8 @@ class Trainer:
             frozen = jax.device_put(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), self.init_params),
                                     self.state_shardings.frozen)
         self.state = TrainState(step=jax.device_put(jnp.int32(self.start_step), self.state_shardings.step),
-                                params=trained, opt_state=opt_state, frozen=frozen)
+                                params=trained, opt_state=opt_state, frozen=frozen,
+                                diverged=jax.device_put(jnp.zeros((), bool), self.state_shardings.diverged))
 
     def change_length(self, planned: int) -> None:
         """The resume rule for a new --steps: a run's learning rate never jumps back up, and its
@@ -347,20 +350,21 @@ class Trainer:
         started = time.perf_counter()
         progress: dict[str, float] = {"copy_nats": float("nan")}
 
-        def after_update(step: int, metrics: dict, _step_time: float) -> None:
+        def after_update(step: int, metrics: dict | None, _step_time: float) -> None:
             if step == PLAN_AFTER_STEPS and self.stopwatch.left() is not None:
                 # With a time budget the warm-up takes at most its share of what is left (process 0's clock).
                 left, step_time = shard.from_process_0([self.stopwatch.left(), self.recent_step_time()])
                 share = copy_warmup.BUDGET_SHARE * left / step_time
                 phase.end = max(step, min(phase.end, step + int(share)))
-            if step % copy_warmup.PROGRESS_EVERY == 0 or step == phase.end:
+            if metrics is not None:  # read at its progress steps and at its end
                 progress["copy_nats"] = metrics["loss"]
                 if self.show_progress:
                     print(copy_warmup.progress_line(step, phase.end, metrics["loss"], self.model_config.vocab_size),
                           flush=True)
 
         phase = Phase("copy warm-up", lambda state, batch: step_fn(state, batch, None),
-                      lambda step: shard.put_batch(batch_at(step), self.mesh), config.steps, after_update)
+                      lambda step: shard.put_batch(batch_at(step), self.mesh), config.steps, after_update,
+                      reads_metrics_at=lambda step: step % copy_warmup.PROGRESS_EVERY == 0)
         reached, reason = self.loop(phase, 0, stop)
         record = {"steps": reached, "final_copy_nats": round(progress["copy_nats"], 4),
                   "seconds": round(time.perf_counter() - started, 1)}
@@ -372,35 +376,50 @@ class Trainer:
             self.signal_name = stop.signal_name or "a signal to another process"
         if self.is_writer:
             write_json_atomic(self.run_dir / copy_warmup.COPY_WARMUP_FILE, record)
+        if reason not in ("signal", "nan"):
+            # The warm-up's result, as step 0 of the text: a run killed before its first text save
+            # resumes from here instead of warming up again. (A warm-up cut short saves nothing: the
+            # rerun warms up whole, and so matches a run that was never interrupted.)
+            self.save(0)
 
     # -- the loop ------------------------------------------------------------------------------------
 
     def loop(self, phase: Phase, start: int, stop: StopRequest) -> tuple[int, str]:
-        """Run `phase` from step `start`; returns (the step reached, why it stopped)."""
+        """Run `phase` from step `start`; returns (the step reached, why it stopped).
+
+        The host never waits for the step it has just dispatched: it loads the next batch, then
+        waits only for the step before, so one update is always queued on the device. Metrics stay
+        on the device and are read in one transfer when the phase needs them (a log line, a save,
+        the end); the divergence guard looks at them then. A non-finite update and every update
+        after it change nothing (step.TrainState.diverged), so however late the guard looks, the
+        state it finds is the last good one, and that is what is saved."""
         step = self.reached = start
         self.phase_running = phase
         next_batch = phase.batch_at(step) if step < phase.end else None
+        unread: list[tuple[int, dict]] = []  # (step, its metrics still on the device)
+        previous_loss = None
         while step < phase.end:
-            # One update. Dispatch is asynchronous: the next batch loads on the host while the
-            # device computes this one; reading the metrics then waits for the step to finish.
             started = time.perf_counter()
             self.state, metrics = phase.step_fn(self.state, next_batch)
             next_batch = phase.batch_at(step + 1) if step + 1 < phase.end else None
-            metrics = {name: value.item() for name, value in jax.device_get(metrics).items()}
-            step_time = time.perf_counter() - started
-
-            # Divergence guard: a non-finite step left the state as it was (step.make_train_step).
-            if not metrics["finite"]:
-                self.message = (f"{phase.name} diverged at step {step + 1}: loss {metrics['loss']:.4g}, gradient "
-                                f"norm {metrics['grad_norm']:.4g} (lr {metrics['lr']:.3g}); {self.saved_note(step)}; "
-                                f"lower --lr (now {self.train_config.lr:g}) or lengthen --warmup, and train into a new --out")
-                return step, "nan"
+            if previous_loss is not None:
+                previous_loss.block_until_ready()  # at most this step in flight: a queue, not a flood
+            previous_loss = metrics["loss"]
             step = self.reached = step + 1
+            unread.append((step, metrics))
+            read = None
+            if phase.reads_metrics_at(step) or phase.checkpoints_at(step) or step == phase.end:
+                read, unread = self.read_metrics(unread), []
+                diverged = next((entry for entry in read if not entry[1]["finite"]), None)
+                if diverged is not None:  # the state is the one before that step (sticky guard)
+                    return self.diverged(phase, *diverged), "nan"
+                read = read[-1][1]
+            step_time = time.perf_counter() - started
             self.step_times.append(step_time)
 
             # Logging, checkpoints and evaluation: the phase's own.
             evaluated_before = self.eval_total_s
-            phase.after_update(step, metrics, step_time)
+            phase.after_update(step, read, step_time)
             # What one more iteration costs in wall time (logging and saves included, evaluations apart).
             self.iteration_times.append(time.perf_counter() - started - (self.eval_total_s - evaluated_before))
 
@@ -411,11 +430,30 @@ class Trainer:
             next_iteration = float(np.median(self.iteration_times[-5:]))
             out_of_time = budget_left is not None and budget_left < next_iteration + self.eval_seconds
             signalled, out_of_time = shard.any_process([stop.signal_name is not None, out_of_time])
-            if signalled:
-                return step, "signal"
-            if out_of_time:
-                return step, "time_budget"
+            if signalled or out_of_time:  # what is stopped at is saved: check it first
+                read_now = self.read_metrics(unread)
+                diverged = next((entry for entry in read_now if not entry[1]["finite"]), None)
+                if diverged is not None:
+                    return self.diverged(phase, *diverged), "nan"
+                if read_now and phase is getattr(self, "text", None):
+                    self.last_loss = read_now[-1][1]["loss"]  # the summary's loss is the stopping step's
+                return step, "signal" if signalled else "time_budget"
         return step, "completed"
+
+    @staticmethod
+    def read_metrics(unread: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+        """The metrics of the unread steps, in one transfer, as Python numbers."""
+        fetched = jax.device_get([metrics for _, metrics in unread])
+        return [(step, {name: value.item() for name, value in metrics.items()})
+                for (step, _), metrics in zip(unread, fetched, strict=True)]
+
+    def diverged(self, phase: Phase, step: int, metrics: dict) -> int:
+        """Describe the first non-finite update (`step`); returns the last good step."""
+        good = step - 1
+        self.message = (f"{phase.name} diverged at step {step}: loss {metrics['loss']:.4g}, gradient "
+                        f"norm {metrics['grad_norm']:.4g} (lr {metrics['lr']:.3g}); {self.saved_note(good)}; "
+                        f"lower --lr (now {self.train_config.lr:g}) or lengthen --warmup, and train into a new --out")
+        return good
 
     def save_after_failure(self, error: BaseException) -> str:
         """An exception left the loop (a full disk, a failing batch, an evaluation out of memory):
@@ -492,7 +530,10 @@ class Trainer:
             return shard.put_batch(batch.arrays(), self.mesh)
 
         self.text = Phase("training", lambda state, batch: compiled(state, batch, self.plan.arrays()), batch_at,
-                          self.plan.decay_end if self.plan_decided else config.steps, self.after_text_update)
+                          self.plan.decay_end if self.plan_decided else config.steps, self.after_text_update,
+                          reads_metrics_at=lambda step: step % config.log_every == 0 or step == self.start_step + 1,
+                          checkpoints_at=lambda step: step % config.save_every == 0
+                          or bool(config.eval_every and step % config.eval_every == 0))
         return self.text
 
     def recent_step_time(self, count: int = PLAN_AFTER_STEPS) -> float:
@@ -574,13 +615,14 @@ class Trainer:
         self.eval_seconds = (time.perf_counter() - timed) * self.train_config.eval_batches
         self.compile_time_s += timed - compile_started
 
-    def after_text_update(self, step: int, metrics: dict, step_time: float) -> None:
+    def after_text_update(self, step: int, metrics: dict | None, step_time: float) -> None:
         config = self.train_config
         if self.time_aware:
             self.size_to_deadline(step)
-        self.last_loss = metrics["loss"]
         self.tokens_this_session += self.tokens_per_step
-        if step % config.log_every == 0 or step == self.text.end or step == self.start_step + 1:
+        if metrics is not None and (step % config.log_every == 0 or step == self.text.end
+                                    or step == self.start_step + 1):
+            self.last_loss = metrics["loss"]
             recent = self.step_times[-config.log_every:]
             tokens_per_s = self.tokens_per_step / (sum(recent) / len(recent))
             record = {"step": step, "loss": metrics["loss"], "grad_norm": metrics["grad_norm"], "lr": metrics["lr"],

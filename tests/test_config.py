@@ -87,5 +87,6 @@ def test_a_run_config_written_before_the_fields_were_regrouped_still_loads():
               "mesh_data": 0, "mesh_fsdp": 1, "tensorboard": False, "description": ""}
     config = train_config_from_dict(stored, "runs/old/config.json")
     added_since = {"schedule": "auto", "decay_fraction": 0.2}  # fields new runs have; old ones load with defaults
-    assert config.to_dict() == stored | added_since
+    assert config.to_dict() == stored | added_since | {"remat": "off"}  # remat was a yes/no before its policies
+    assert train_config_from_dict({**stored, "remat": True}, "old").remat == "full"
     assert set(TrainConfig().to_dict()) == set(stored) | set(added_since)

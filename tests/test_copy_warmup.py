@@ -79,6 +79,29 @@ def test_a_fresh_run_warms_up_first_and_a_fine_tuning_does_not(micro_config, dat
     assert summary["copy_warmup"] is None and not (tmp_path / "tuned" / COPY_WARMUP_FILE).exists()
 
 
+def test_the_warm_ups_result_is_step_0_and_a_rerun_resumes_from_it(micro_config, dataset_dir, tmp_path):
+    """Killed after the warm-up but before the first text save: the rerun starts from the saved
+    warm-up (no second warm-up) and ends where an uninterrupted run ends."""
+    import shutil
+
+    from lumi_jax.runs import load_run
+
+    config = dataclasses.replace(WARM_CONFIG, copy_warmup_steps=20, keep_checkpoints=100, save_every=5)
+    whole = tmp_path / "whole"
+    train(config, micro_config, dataset_dir, whole, show_progress=False)
+    assert (whole / "checkpoints" / "0").is_dir()
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    for checkpoint in (cut / "checkpoints").iterdir():
+        if checkpoint.name.isdigit() and int(checkpoint.name) > 0:
+            shutil.rmtree(checkpoint)  # as a kill between the warm-up and the first text save leaves it
+    (cut / COPY_WARMUP_FILE).write_text('{"marker": "not rewritten"}')
+    summary = train(config, micro_config, dataset_dir, cut, show_progress=False)
+    assert summary["steps"] == 10 and summary["copy_warmup"] == {"marker": "not rewritten"}  # no second warm-up
+    for a, b in zip(jax.tree.leaves(load_run(whole).params), jax.tree.leaves(load_run(cut).params), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_negative_warm_up_steps_are_refused():
     with pytest.raises(UserError, match="'copy_warmup_steps' is -1; use zero or a positive integer"):
         dataclasses.replace(WARM_CONFIG, copy_warmup_steps=-1).validate("recipe")

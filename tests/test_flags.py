@@ -46,19 +46,19 @@ def test_every_field_has_a_flag_with_its_help():
 
 
 def test_no_flag_given_changes_nothing():
-    base = {**TrainConfig().to_dict(), "steps": 50, "warmup": 5, "remat": True, "context": 64}
+    base = {**TrainConfig().to_dict(), "steps": 50, "warmup": 5, "remat": "full", "context": 64}
     assert config_from([], base).to_dict() == base
 
 
 def test_flags_override_the_base_and_keep_todays_spellings():
-    base = {**TrainConfig().to_dict(), "steps": 50, "warmup": 5, "remat": True, "description": "a recipe"}
+    base = {**TrainConfig().to_dict(), "steps": 50, "warmup": 5, "remat": "full", "description": "a recipe"}
     config = config_from(["--steps", "200", "--lr", "3e-3", "--batch-size", "16", "--grad-accum", "4",
                           "--context", "64", "--time-budget", "2.5", "--keep", "5", "--dtype", "bf16",
-                          "--no-remat", "--tensorboard", "--mesh", "data=2,fsdp=2", "--beta2", "0.99",
+                          "--remat", "dots", "--tensorboard", "--mesh", "data=2,fsdp=2", "--beta2", "0.99",
                           "--grad-clip", "0", "--eval-batches", "3"], base)
     assert (config.steps, config.lr, config.batch_size, config.grad_accum, config.context) == (200, 3e-3, 16, 4, 64)
     assert (config.time_budget_minutes, config.keep_checkpoints, config.dtype) == (2.5, 5, "bfloat16")
-    assert (config.remat, config.tensorboard, config.mesh_data, config.mesh_fsdp) == (False, True, 2, 2)
+    assert (config.remat, config.tensorboard, config.mesh_data, config.mesh_fsdp) == ("dots", True, 2, 2)
     assert (config.beta2, config.grad_clip, config.eval_batches) == (0.99, 0.0, 3)
     assert (config.warmup, config.description) == (5, "a recipe")  # not given: the base's
     long_names = config_from(["--time-budget-minutes", "2.5", "--keep-checkpoints", "5", "--dtype", "float32",

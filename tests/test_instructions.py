@@ -16,57 +16,84 @@ from lumi_jax.data.template import INSTRUCTION_HEADER, RESPONSE_MARKER, format_p
 
 
 @pytest.fixture(scope="module")
-def split():
-    return instructions.generate_split(instructions.DEFAULT_TRAIN_EXAMPLES, 400, seed=0)  # the default dataset
+def splits():
+    return instructions.generate_splits(instructions.DEFAULT_TRAIN_EXAMPLES, 480, seed=0)  # the default dataset
 
 
-def test_held_out_combinations_never_occur_in_training(split):
-    train, val = split
-    train_combinations = {e.combination for e in train}
-    train_prompts = {e.prompt for e in train}
-    assert all(instructions.is_held_out(e.combination, 0) for e in val)
-    assert not any(e.combination in train_combinations for e in val)
-    assert not any(e.prompt in train_prompts for e in val)
-    assert len({e.prompt for e in val}) == len(val)  # distinct held-out questions, not repeats
+def test_dev_and_test_combinations_never_occur_in_training_or_in_each_other(splits):
+    train_combinations = {e.combination for e in splits.train}
+    train_prompts = {e.prompt for e in splits.train}
+    for name in ("dev", "test"):
+        held_out = getattr(splits, name)
+        assert all(instructions.split_of(e.combination, 0) == name for e in held_out)
+        assert not any(e.combination in train_combinations for e in held_out)
+        assert not any(e.prompt in train_prompts for e in held_out)
+        assert len({e.prompt for e in held_out}) == len(held_out)  # distinct questions, not repeats
+    assert not {e.combination for e in splits.dev} & {e.combination for e in splits.test}
 
 
-def test_held_out_parts_are_all_seen_in_training(split):
+def test_held_out_parts_are_all_seen_in_training(splits):
     """Unseen *combinations* of seen parts: each held-out phrasing and each held-out fact or answer
     word occurs in training, only never in that pairing."""
-    train, val = split
     phrasings = collections.defaultdict(set)
-    for e in train:
-        phrasings[e.task].add(e.combination[1] if e.family == "arithmetic" else e.instruction.split()[0])
-    add_facts = {(e.combination[2], e.combination[3]) for e in train if e.task == "add"}
-    story_names = {e.combination[1] for e in train if e.family == "story"}
-    story_answers = {e.output for e in train if e.family == "story"}
-    for e in val:
-        if e.family == "arithmetic":
+    for e in splits.train:
+        phrasings[e.task].add(e.combination[1] if e.family in ("add", "compare") else e.instruction.split()[0])
+    story_names = {e.combination[1] for e in splits.train if e.family == "story"}
+    story_answers = {e.output for e in splits.train if e.family == "story"}
+    span_words = {word for e in splits.train if e.family == "span" for word in e.output.split()}
+    for e in splits.dev + splits.test:
+        if e.family in ("add", "compare"):
             assert e.combination[1] in phrasings[e.task]
-        if e.task == "add":  # the same sum was asked in training, in another phrasing
-            assert (e.combination[2], e.combination[3]) in add_facts
         if e.family == "story":
             assert e.combination[1] in story_names and e.output in story_answers
+        if e.family == "span":  # every word was copied in training, never this sequence
+            assert set(e.output.split()) <= span_words
 
 
-def test_every_family_and_task_is_held_out_and_trained(split):
-    train, val = split
-    val_by_family = collections.Counter(e.family for e in val)
-    assert set(val_by_family) == set(instructions.FAMILIES)
-    assert min(val_by_family.values()) == 100
-    assert {e.task for e in val} == {e.task for e in train}
+def test_every_family_has_an_equal_share_of_dev_and_test(splits):
+    for held_out in (splits.dev, splits.test):
+        by_family = collections.Counter(e.family for e in held_out)
+        assert set(by_family) == set(instructions.FAMILIES)
+        assert set(by_family.values()) == {480 // len(instructions.FAMILIES)}
+        assert {e.task for e in held_out} == {e.task for e in splits.train}
+        # interleaved: any first N cover every family
+        assert {e.family for e in held_out[:len(instructions.FAMILIES)]} == set(instructions.FAMILIES)
+
+
+def test_a_span_answer_is_copied_from_the_input_and_no_candidate_is_it(splits):
+    spans = [e for e in splits.dev + splits.test if e.family == "span"]
+    assert spans
+    for e in spans:
+        assert f"said: {e.output}." in e.input and 2 <= len(e.output.split()) <= 4
+        assert e.output not in e.candidates  # picking a word the prompt offers never answers it
+    train_spans = {e.output for e in splits.train if e.family == "span"}
+    assert not any(e.output in train_spans for e in spans)  # nothing to recall: copy or fail
+
+
+def test_the_pick_from_the_prompt_baseline_is_what_the_tasks_allow(splits):
+    def pick(examples):
+        return sum((1 / len(e.candidates)) if e.output in e.candidates else 0.0 for e in examples) / len(examples)
+
+    by_family = collections.defaultdict(list)
+    for e in splits.test:
+        by_family[e.family].append(e)
+    assert pick(by_family["compare"]) == pytest.approx(0.5)
+    assert pick(by_family["story"]) == pytest.approx(0.5)  # two colors, or two names
+    assert pick(by_family["span"]) == 0.0 and pick(by_family["formats"]) == 0.0
+    majority = instructions.most_common_answers(splits.train)
+    assert set(majority) == {e.task for e in splits.train}
 
 
 def test_generation_is_deterministic_and_seeded():
-    first = instructions.generate_split(300, 8, seed=5)
-    again = instructions.generate_split(300, 8, seed=5)
-    other = instructions.generate_split(300, 8, seed=6)
+    first = instructions.generate_splits(300, 12, seed=5)
+    again = instructions.generate_splits(300, 12, seed=5)
+    other = instructions.generate_splits(300, 12, seed=6)
     assert first == again
     assert first != other
 
 
 def test_answers_are_right():
-    train, _ = instructions.generate_split(2000, 4, seed=1)
+    train = instructions.generate_splits(2000, 6, seed=1).train
     for e in train:
         if e.task == "add":
             a, b = e.combination[2:]
@@ -77,6 +104,8 @@ def test_answers_are_right():
             assert e.output == "| " + " | ".join(part.split(": ")[1] for part in e.input.split(", ")) + " |"
         elif e.task == "color":
             assert f"{e.output} " in e.input
+        elif e.task == "quote":
+            assert e.input.endswith(f"said: {e.output}.")
 
 
 def test_prepared_sample_instructions_store_held_out_examples(tmp_path):
@@ -85,6 +114,10 @@ def test_prepared_sample_instructions_store_held_out_examples(tmp_path):
     assert meta["kind"] == "instructions" and meta["has_mask"]
     stored = instructions.held_out_examples(out)
     assert len(stored) == instructions.DEFAULT_VAL_EXAMPLES
+    test = instructions.held_out_examples(out, "test")
+    assert len(test) == instructions.DEFAULT_VAL_EXAMPLES
+    assert not {e["prompt"] for e in test} & {e["prompt"] for e in stored}
+    assert all("candidates" in e and e["most_common_answer"] for e in test)
     first = stored[0]
     assert first["prompt"].startswith(INSTRUCTION_HEADER + " ") and first["prompt"].endswith(RESPONSE_MARKER)
     # Without the file, the same examples are decoded from val.bin and its mask (lossless tokenizer).
@@ -141,6 +174,3 @@ def test_bad_instruction_records_fail_clearly(tmp_path, capsys, record, expected
     assert not out.exists()
 
 
-def test_any_first_held_out_examples_cover_every_family(split):
-    _, val = split
-    assert {e.family for e in val[:len(instructions.FAMILIES)]} == set(instructions.FAMILIES)

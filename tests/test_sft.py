@@ -319,3 +319,29 @@ def test_the_truncated_copy_is_written_atomically_with_its_checksums(instruction
         sft.fit_to_context(instructions_dir, 40, tmp_path / "copy", lambda _line: None)
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before  # the earlier copy, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # no temporary left behind
+
+
+def test_a_users_jsonl_gets_the_same_held_out_evaluation(pretrained, tmp_path, capsys):
+    """Alpaca records of the user's own: `lumi prepare` holds some out (val split), `lumi sft`
+    fine-tunes on the rest and scores the held-out ones by exact match, before and after."""
+    colors = ["red", "blue", "green", "yellow", "pink", "brown"]
+    records = [{"instruction": "What color comes next?", "input": f"{a}, {b}", "output": b}
+               for a in colors for b in colors if a != b]
+    source = tmp_path / "mine.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    data = tmp_path / "mine"
+    status, err = run_cli(["prepare", "--source", str(source), "--out", str(data), "--tokenizer",
+                           str(pretrained / "tokenizer.model"), "--val-fraction", "0.2"], capsys)
+    assert status == 0, err
+    held_out = held_out_examples(data)
+    assert 0 < len(held_out) < len(records)
+    assert all(e["prompt"].endswith(template.RESPONSE_MARKER) and e["response"] in colors for e in held_out)
+
+    out = tmp_path / "mine-sft"
+    status, err = run_cli(["sft", "--from", str(pretrained), "--data", str(data), "--out", str(out), *SFT_FLAGS],
+                          capsys)
+    assert status == 0, err
+    scored = json.loads((out / "sft.json").read_text())["held_out_exact_match"]
+    assert scored["examples"] == min(8, len(held_out))
+    assert scored["before"]["total"] == scored["after"]["total"] == scored["examples"]
+    assert "baselines" not in scored["after"]  # a user's records offer no candidates to pick from

@@ -1,26 +1,35 @@
 """Instruction data for fine-tuning: the `sample-instructions` source and instruction JSONL.
 
-`sample-instructions` generates instruction/response pairs from four task families, all in the
+`sample-instructions` generates instruction/response pairs from six task families, all in the
 words of the `sample` stories (their names, things, animals, foods and colors), with short,
 systematic answers a ~6M model can learn:
 
-    arithmetic   add 1 to 3 to a digit, the bigger / smaller of two numbers to 19
+    add          add 1 to 3 to a number up to 99
+    compare      the bigger / smaller of two numbers to 19
     lists        the first or last item of a list, how many items it has
-    story world  questions answered by a two-sentence story: whose thing is it, what color
+    story        questions answered by a two-sentence story: whose thing is it, what color
     formats      two fields ("name: Lily, pet: dog") to a table row ("| Lily | dog |")
+    span         what someone said: a span of two to four random words, copied exactly; no
+                 memorised fact answers it, and no single word the prompt offers is the answer
 
-Nine tasks with answers of one to eight tokens: what a ~6M model fine-tuned for 15 minutes on
-a 2-core CPU can learn (a first version with longer answers - reversed lists, JSON, bullet
-lists, subtraction, neighbours of two-digit numbers - reached 3% in that budget). Answers keep
-each copied word space-prefixed, as it is in the input (see the template in lumi_jax/data/template.py).
+Answers of one to eight tokens: what a ~6M model fine-tuned for 15 minutes on a 2-core CPU can
+learn (a first version with longer answers - reversed lists, JSON, bullet lists, subtraction,
+neighbours of two-digit numbers - reached 3% in that budget). Answers keep each copied word
+space-prefixed, as it is in the input (see the template in lumi_jax/data/template.py).
 
-Held-out split = UNSEEN COMBINATIONS. Every example has a *combination*: the pairing of parts
-it tests, e.g. (add, phrasing 2, 3, 4) or (color question, Lily, red). A seeded hash puts about
-one combination in ten aside; the training split never contains a set-aside combination, the
-held-out split contains nothing else. The parts themselves (each phrasing, name, number, word)
-all occur in training, only never in that pairing: a held-out question asks "Add 7 and 2." when
-training saw 7 + 2 only as "What is 7 plus 2?", or asks the color of Lily's thing when training
-never answered a color question about Lily with that color.
+Three splits = UNSEEN COMBINATIONS. Every example has a *combination*: the pairing of parts it
+tests, e.g. (add, phrasing 2, 3, 4) or (color question, Lily, red). A seeded hash sends about one
+combination in ten to the dev split and one in ten to the test split; training never contains
+either. The parts themselves (each phrasing, name, number, word) all occur in training, only
+never in that pairing: a held-out question asks "Add 7 and 2." when training saw 7 + 2 only as
+"What is 7 plus 2?", or asks the color of Lily's thing when training never answered a color
+question about Lily with that color. Choices are made on dev (the dataset's validation split,
+what `lumi sft` scores); test is scored once per final method (benchmarks/sft_accuracy.py).
+Dev and test hold equal shares of every family, so no easy task dominates.
+
+Each held-out record carries what a trivial answerer could do: the candidates the prompt itself
+offers (the two numbers compared, the list's items, the story's colors or names), so the
+pick-from-the-prompt baseline is exact, and the task's most common training answer.
 
 Instruction JSONL (a `lumi prepare` path source): alpaca-style records
 {"instruction", "input" (optional), "output"}, or chat records {"messages": [{"role", "content"},
@@ -50,10 +59,11 @@ from lumi_jax.data.tokenizer import BOS_ID, Tokenizer
 from lumi_jax.errors import UserError
 
 DEFAULT_TRAIN_EXAMPLES = 30_000
-DEFAULT_VAL_EXAMPLES = 400
-HELD_OUT_PER_MILLE = 100  # about one combination in ten is set aside for the held-out split
+DEFAULT_VAL_EXAMPLES = 480  # per held-out split: 80 per family
+HELD_OUT_PER_MILLE = 100  # about one combination in ten goes to dev, one in ten to test
 APPROX_BYTES_PER_EXAMPLE = 120  # for --size-mb: examples = size / this
-VAL_EXAMPLES_FILE = "val_examples.jsonl"
+VAL_EXAMPLES_FILE = "val_examples.jsonl"  # the dev split's examples
+TEST_EXAMPLES_FILE = "test_examples.jsonl"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +73,8 @@ class Example:
     instruction: str
     input: str
     output: str
-    combination: tuple  # what the held-out split pairs in a new way; a function of the prompt
+    combination: tuple  # what the held-out splits pair in a new way; a function of the prompt
+    candidates: tuple[str, ...] = ()  # the answers the prompt itself offers (a trivial answerer's pick)
 
     @property
     def prompt(self) -> str:
@@ -81,9 +92,10 @@ NAMES = world.GIRL_NAMES + world.BOY_NAMES
 COLORS = world.COLORS
 THINGS = [t for t in world.THINGS if " " not in t]
 ITEMS = THINGS + world.ANIMALS + world.FOODS
-# Arithmetic stays within a fact table a tiny model can hold and rules it can find: sums of a
-# digit and a step of 1 to 3, comparisons up to 19, neighbours of two-digit numbers.
-LARGEST_DIGIT = 9
+# Arithmetic stays within rules a tiny model can find: a step of 1 to 3 added to a number up to
+# 99 (digit by digit, with a carry now and then; 900 phrased facts, so that dev and test can each
+# hold 80 distinct ones), comparisons up to 19.
+LARGEST_ADDEND = 99
 LARGEST_STEP = 3
 LARGEST_COMPARED = 19
 
@@ -109,9 +121,9 @@ SMALLER = ["Which is smaller, {a} or {b}?", "Give the smaller number: {a} or {b}
 
 
 def add(rng):
-    a, b = rng.randint(0, LARGEST_DIGIT), rng.randint(1, LARGEST_STEP)
+    a, b = rng.randint(0, LARGEST_ADDEND), rng.randint(1, LARGEST_STEP)
     index, text = _phrasing(rng, ADD)
-    return Example("arithmetic", "add", text.format(a=a, b=b), "", str(a + b), ("add", index, a, b))
+    return Example("add", "add", text.format(a=a, b=b), "", str(a + b), ("add", index, a, b), (str(a), str(b)))
 
 
 def compare(rng):
@@ -119,7 +131,7 @@ def compare(rng):
     b = _pick(rng, range(LARGEST_COMPARED + 1), exclude=(a,))
     task, phrasings, answer = rng.choice([("bigger", BIGGER, max(a, b)), ("smaller", SMALLER, min(a, b))])
     index, text = _phrasing(rng, phrasings)
-    return Example("arithmetic", task, text.format(a=a, b=b), "", str(answer), (task, index, a, b))
+    return Example("compare", task, text.format(a=a, b=b), "", str(answer), (task, index, a, b), (str(a), str(b)))
 
 
 LIST_TASKS = {  # task -> (phrasings, answer from the items)
@@ -137,7 +149,7 @@ def list_task(rng):
     output = answer(items)
     # first/last: never this phrasing answered with this item; count: never this list.
     key = (output,) if task in ("first", "last") else tuple(items)
-    return Example("lists", task, text, ", ".join(items), output, (task, index, *key))
+    return Example("lists", task, text, ", ".join(items), output, (task, index, *key), tuple(items))
 
 
 def story_question(rng):
@@ -151,11 +163,11 @@ def story_question(rng):
              f"{second} has {world.article(colors[1])} {colors[1]} {things[1]}.")
     if task == "color":
         question, answer = f"What color is {name}'s {things[asked]}?", colors[asked]
-        combination = ("color", name, answer)
+        combination, candidates = ("color", name, answer), tuple(colors)
     else:
         question, answer = f"Who has the {things[asked]}?", name
-        combination = ("owner", things[asked], name)
-    return Example("story", task, question, story, answer, combination)
+        combination, candidates = ("owner", things[asked], name), (first, second)
+    return Example("story", task, question, story, answer, combination, candidates)
 
 
 FIELDS = {  # field -> values
@@ -178,11 +190,28 @@ def format_task(rng):
     return Example("formats", "table_row", text, fields_text, output, ("table_row", index, values[0], keys[1], values[1]))
 
 
+QUOTE = ["What did {name} say?", "Repeat what {name} said."]
+SPAN_WORDS = sorted(set(ITEMS + COLORS))
+
+
+def span_task(rng):
+    """Someone says two to four random story words; the answer is exactly what they said. The
+    combination is the words themselves: a held-out span has never been seen in training."""
+    name, other = rng.sample(NAMES, 2)
+    said = [rng.choice(SPAN_WORDS) for _ in range(rng.randint(2, 4))]
+    index, text = _phrasing(rng, QUOTE)
+    story = f"{name} looked at {other} and said: {' '.join(said)}."
+    return Example("span", "quote", text.format(name=name), story, " ".join(said), ("quote", *said),
+                   tuple(dict.fromkeys(said)))  # single words: never the whole span
+
+
 FAMILIES: dict[str, list[Callable[[random.Random], Example]]] = {
-    "arithmetic": [add, compare],
+    "add": [add],
+    "compare": [compare],
     "lists": [list_task],
     "story": [story_question],
     "formats": [format_task],
+    "span": [span_task],
 }
 
 
@@ -190,10 +219,11 @@ FAMILIES: dict[str, list[Callable[[random.Random], Example]]] = {
 # The split.
 
 
-def is_held_out(combination: tuple, seed: int) -> bool:
-    """A stable hash (not Python's salted hash()) of the combination and the seed."""
+def split_of(combination: tuple, seed: int) -> str:
+    """"train", "dev" or "test": a stable hash (not Python's salted hash()) of the combination and the seed."""
     digest = hashlib.sha256(json.dumps([seed, *combination]).encode()).digest()
-    return int.from_bytes(digest[:4], "big") % 1000 < HELD_OUT_PER_MILLE
+    bucket = int.from_bytes(digest[:4], "big") % 1000
+    return "test" if bucket < HELD_OUT_PER_MILLE else "dev" if bucket < 2 * HELD_OUT_PER_MILLE else "train"
 
 
 def draw(rng: random.Random) -> Example:
@@ -201,40 +231,60 @@ def draw(rng: random.Random) -> Example:
     return rng.choice(FAMILIES[family])(rng)
 
 
-def generate_split(train_count: int, val_count: int, seed: int) -> tuple[list[Example], list[Example]]:
-    """(training examples, held-out examples): disjoint combinations, each split its own stream.
+@dataclasses.dataclass
+class Splits:
+    train: list[Example]
+    dev: list[Example]
+    test: list[Example]
 
-    Training examples may repeat (a fact worth seeing twice); held-out examples are distinct
-    prompts, spread evenly over the four families and interleaved (any first N cover them all).
+
+def generate_splits(train_count: int, held_out_count: int, seed: int) -> Splits:
+    """Training, dev and test examples: disjoint combinations, each split its own stream.
+
+    Training examples may repeat (a fact worth seeing twice); dev and test examples are distinct
+    prompts, in equal shares of every family, interleaved (any first N cover them all).
     """
-    if train_count < 1 or val_count < len(FAMILIES):
-        raise UserError(f"asked for {train_count} training and {val_count} held-out examples; "
+    if train_count < 1 or held_out_count < len(FAMILIES):
+        raise UserError(f"asked for {train_count} training and {held_out_count} held-out examples; "
                         f"use at least 1 and {len(FAMILIES)} (--size-mb larger)")
     rng = random.Random(seed)
     train: list[Example] = []
     while len(train) < train_count:
         example = draw(rng)
-        if not is_held_out(example.combination, seed):
+        if split_of(example.combination, seed) == "train":
             train.append(example)
+    held_out = {name: held_out_split(name, held_out_count, seed, stream)
+                for stream, name in ((1_000_003, "dev"), (2_000_003, "test"))}
+    return Splits(train, held_out["dev"], held_out["test"])
 
-    val_rng = random.Random(seed + 1_000_003)
-    per_family = {family: val_count // len(FAMILIES) + (i < val_count % len(FAMILIES))
-                  for i, family in enumerate(FAMILIES)}
-    val: list[Example] = []
+
+def held_out_split(name: str, count: int, seed: int, stream: int) -> list[Example]:
+    rng = random.Random(seed + stream)
+    per_family = {family: count // len(FAMILIES) + (i < count % len(FAMILIES)) for i, family in enumerate(FAMILIES)}
+    chosen_examples: list[Example] = []
     seen_prompts: set[str] = set()
-    for family, count in per_family.items():
+    for family, wanted in per_family.items():
         chosen = 0
-        for _attempt in range(count * 2000):
-            if chosen == count:
+        for _attempt in range(wanted * 2000):
+            if chosen == wanted:
                 break
-            example = val_rng.choice(FAMILIES[family])(val_rng)
-            if is_held_out(example.combination, seed) and example.prompt not in seen_prompts:
+            example = rng.choice(FAMILIES[family])(rng)
+            if split_of(example.combination, seed) == name and example.prompt not in seen_prompts:
                 seen_prompts.add(example.prompt)
-                val.append(example)
+                chosen_examples.append(example)
                 chosen += 1
         else:
-            raise AssertionError(f"could not draw {count} held-out {family} examples")
-    return train, interleave_families(val)
+            raise AssertionError(f"could not draw {wanted} {name} examples of {family}")
+    return interleave_families(chosen_examples)
+
+
+def most_common_answers(examples: Sequence[Example]) -> dict[str, str]:
+    """Each task's most common training answer: what a trivial answerer that ignores the input says."""
+    counts: dict[str, dict[str, int]] = {}
+    for example in examples:
+        by_answer = counts.setdefault(example.task, {})
+        by_answer[example.output] = by_answer.get(example.output, 0) + 1
+    return {task: max(by_answer, key=lambda answer: (by_answer[answer], answer)) for task, by_answer in counts.items()}
 
 
 def interleave_families(examples: list[Example]) -> list[Example]:
@@ -254,23 +304,31 @@ def load_sample_instructions(spec: str, options: SourceOptions) -> Corpus:
         raise UserError(f"--size-mb is {options.size_mb}; use a size between 0 and 200 (MB) for sample-instructions")
     train_count = (DEFAULT_TRAIN_EXAMPLES if options.size_mb is None
                    else max(1, int(options.size_mb * 1e6 / APPROX_BYTES_PER_EXAMPLE)))
-    train, val = generate_split(train_count, DEFAULT_VAL_EXAMPLES, options.seed)
+    splits = generate_splits(train_count, DEFAULT_VAL_EXAMPLES, options.seed)
     return Corpus(
-        documents=[e.to_document() for e in train],
+        documents=[e.to_document() for e in splits.train],
         kind="instructions",
         source=f"sample-instructions(examples={train_count}, seed={options.seed})",
-        val_documents=[e.to_document() for e in val],
+        val_documents=[e.to_document() for e in splits.dev],
         details={"generator": "lumi_jax.data.instructions", "families": list(FAMILIES),
-                 "held_out": f"unseen combinations, about {HELD_OUT_PER_MILLE / 10:g}% of them",
-                 "train_examples": len(train), "val_examples": len(val)},
-        write_extra_files=lambda directory, _train, _val: _write_sample_val_examples(directory, val),
+                 "held_out": f"unseen combinations: about {HELD_OUT_PER_MILLE / 10:g}% of them in dev (the "
+                             f"validation split), as many in test ({TEST_EXAMPLES_FILE})",
+                 "train_examples": len(splits.train), "val_examples": len(splits.dev),
+                 "test_examples": len(splits.test)},
+        write_extra_files=lambda directory, _train, _val: _write_held_out_examples(directory, splits),
     )
 
 
-def _write_sample_val_examples(directory: Path, val: Sequence[Example]) -> dict:
-    records = [{"prompt": e.prompt, "response": e.output, "family": e.family, "task": e.task} for e in val]
-    write_val_examples(directory / VAL_EXAMPLES_FILE, records)
-    return {"val_examples_file": VAL_EXAMPLES_FILE}
+def held_out_record(example: Example, majority: dict[str, str]) -> dict:
+    return {"prompt": example.prompt, "response": example.output, "family": example.family, "task": example.task,
+            "candidates": list(example.candidates), "most_common_answer": majority.get(example.task, "")}
+
+
+def _write_held_out_examples(directory: Path, splits: Splits) -> dict:
+    majority = most_common_answers(splits.train)
+    for name, file_name in (("dev", VAL_EXAMPLES_FILE), ("test", TEST_EXAMPLES_FILE)):
+        write_val_examples(directory / file_name, [held_out_record(e, majority) for e in getattr(splits, name)])
+    return {"val_examples_file": VAL_EXAMPLES_FILE, "test_examples_file": TEST_EXAMPLES_FILE}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,14 +385,22 @@ def write_val_examples(path: Path, records: Sequence[dict]) -> None:
             file.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def held_out_examples(dataset_dir: str | Path) -> list[dict]:
+def held_out_examples(dataset_dir: str | Path, split: str = "dev") -> list[dict]:
     """The held-out examples of an instruction dataset: dicts with "prompt" and "response" (and,
-    for sample-instructions, "family" and "task"). Read from val_examples.jsonl when `lumi
-    prepare` wrote one, else decoded from val.bin and its mask (any instruction dataset)."""
+    for sample-instructions, "family", "task", "candidates" and "most_common_answer"). `split`:
+    "dev" (the validation split: read from val_examples.jsonl when `lumi prepare` wrote one, else
+    decoded from val.bin and its mask, for any instruction dataset) or "test" (sample-instructions
+    only, test_examples.jsonl)."""
     dataset = TokenDataset(dataset_dir)
     if dataset.meta["kind"] != "instructions":
         raise UserError(f"{dataset_dir}: is a {dataset.meta['kind']} dataset, not instructions; prepare one with "
                         f"`lumi prepare --source sample-instructions --out DIR --tokenizer runs/X/tokenizer.model`")
+    if split == "test":
+        path = Path(dataset_dir) / TEST_EXAMPLES_FILE
+        if not path.is_file():
+            raise UserError(f"{dataset_dir}: has no test split ({TEST_EXAMPLES_FILE}); prepare sample-instructions "
+                            "again (with --force) to get one")
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     path = Path(dataset_dir) / VAL_EXAMPLES_FILE
     if path.is_file():
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
