@@ -46,6 +46,7 @@ def main() -> int:
     parser.add_argument("--cases", nargs="+", default=["micro:8:32", "tiny:8:256"], help="MODEL:BATCH:CONTEXT")
     parser.add_argument("--steps", type=int, default=0, help="steps per run (default: 400 for micro, 60 otherwise)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from lumi_jax.data.prepare import prepare_dataset
@@ -76,14 +77,14 @@ def main() -> int:
                 print(json.dumps(results[-1]), flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=REPO, capture_output=True)
-    RESULT.write_text(json.dumps({
+    args.out.write_text(json.dumps({
         "benchmark": "loop_overhead", "command": " ".join(["benchmarks/loop_overhead.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "before": args.before,
         "after": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                                 text=True).stdout.strip() + " (with the working tree)",
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average": os.getloadavg()},
         "results": results}, indent=2) + "\n")
-    print(f"wrote {RESULT}")
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -40,9 +40,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compilation_cache")]
 
 REPO = Path(__file__).resolve().parent.parent
 SAVE_EVERY, EVAL_EVERY = 7, 35  # every fifth save shares its step with an evaluation
-KILL_RUN_FLAGS = ["--model", "micro", "--steps", "400", "--batch-size", "8", "--context", "32", "--lr", "3e-3",
+KILL_RUN_STEPS = 300
+KILL_RUN_FLAGS = ["--model", "micro", "--steps", str(KILL_RUN_STEPS), "--batch-size", "8", "--context", "32", "--lr", "3e-3",
                   "--warmup", "4", "--min-lr", "3e-4", "--save-every", str(SAVE_EVERY), "--eval-every",
-                  str(EVAL_EVERY), "--eval-batches", "100", "--log-every", "1", "--copy-warmup-steps", "300"]
+                  str(EVAL_EVERY), "--eval-batches", "100", "--log-every", "1", "--copy-warmup-steps", "200"]
 MOMENTS = ["copy warm-up", "checkpoint write", "evaluation", "random", "checkpoint write",
            "random", "evaluation", "random", "checkpoint write", "random"]
 
@@ -155,7 +156,7 @@ def test_ten_kill_9s_at_chosen_moments_then_resume_bit_identical(dataset_dir, un
     assert "Traceback" not in stderr
 
     whole, resumed = load_run(uninterrupted), load_run(run)
-    assert resumed.step == whole.step == 400
+    assert resumed.step == whole.step == KILL_RUN_STEPS
     for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b)), "the killed and resumed run's parameters differ"
 
@@ -183,7 +184,7 @@ def test_a_full_disk_ends_in_one_line_with_the_reached_state_saved(dataset_dir, 
     model = tmp_path / "nano.json"
     model.write_text(json.dumps(NANO))
     run = tmp_path / "full"
-    flags = ["--model", str(model), "--steps", "3000", "--batch-size", "4", "--context", "32", "--warmup", "4",
+    flags = ["--model", str(model), "--steps", "1500", "--batch-size", "4", "--context", "32", "--warmup", "4",
              "--save-every", "100", "--eval-every", "0", "--log-every", "1", "--quiet",
              "--data", str(dataset_dir), "--out", str(run)]
 
@@ -205,7 +206,7 @@ def test_a_full_disk_ends_in_one_line_with_the_reached_state_saved(dataset_dir, 
 
     status, stderr = Training(flags[:-4] + ["--data", str(dataset_dir), "--out", str(run)]).finish()
     assert status == 0, stderr
-    assert load_run(run).step == 3000 and json.loads((run / "summary.json").read_text())["resumed_from_step"] == reached
+    assert load_run(run).step == 1500 and json.loads((run / "summary.json").read_text())["resumed_from_step"] == reached
     record("full_disk", file_size_limit_bytes=FILE_LIMIT_BYTES, failed_at_step=reached, saved_step=reached,
            steps_lost=0, metrics_bytes_at_failure=metrics_bytes, exit_status=2, error_line=lines[0])
 
