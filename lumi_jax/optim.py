@@ -78,7 +78,9 @@ def learning_rate_schedule(config: TrainConfig, plan: dict | None = None) -> opt
         start = jnp.asarray(plan["decay_start"], jnp.float32)
         last = jnp.maximum(jnp.asarray(plan["decay_end"], jnp.float32) - 1.0, start)  # the last update
         warming = config.lr * count / jnp.maximum(warmup, 1.0)
-        done = jnp.clip((count - start) / jnp.maximum(last - start, 1.0), 0.0, 1.0)
+        # A decay of one update (a plan squeezed by a tight budget) is that update at the floor.
+        done = jnp.where(last > start, jnp.clip((count - start) / jnp.maximum(last - start, 1.0), 0.0, 1.0),
+                         jnp.where(count >= start, 1.0, 0.0))
         decaying = config.lr + (config.min_lr - config.lr) * done
         return jnp.where(count < warmup, warming, jnp.where(count < start, config.lr, decaying))
 

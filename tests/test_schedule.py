@@ -38,6 +38,9 @@ def test_wsd_warms_up_holds_then_decays_to_the_floor_by_the_last_update():
     traced = jax.jit(lambda count, plan: learning_rate_schedule(config, plan)(count))
     for count in (0, 10, 85, 99):  # the plan as arrays (what the step gets) gives the same numbers
         assert float(traced(count, plan.arrays())) == pytest.approx(float(lr(count)))
+    # a budget that leaves room for a one-update decay: that update runs at the floor, not the peak
+    squeezed = learning_rate_schedule(config, SchedulePlan(warmup=10, decay_start=10, decay_end=11).to_dict())
+    assert float(squeezed(9)) == pytest.approx(9e-4) and float(squeezed(10)) == pytest.approx(1e-4)
 
 
 def test_auto_means_wsd_with_a_budget_and_cosine_without():
