@@ -120,6 +120,11 @@ def evaluate_split(eval_step, params, split, train_config: TrainConfig, context:
     return nats / count if count else float("nan")
 
 
+def first_non_finite(read: list[tuple[int, dict]]) -> tuple[int, dict] | None:
+    """The first (step, metrics) whose update was not finite, among metrics read in step order."""
+    return next((entry for entry in read if not entry[1]["finite"]), None)
+
+
 class StopRequest:
     """SIGINT / SIGTERM set a flag; the loop finishes its step, saves and exits cleanly."""
 
@@ -410,7 +415,7 @@ class Trainer:
             read = None
             if phase.reads_metrics_at(step) or phase.checkpoints_at(step) or step == phase.end:
                 read, unread = self.read_metrics(unread), []
-                diverged = next((entry for entry in read if not entry[1]["finite"]), None)
+                diverged = first_non_finite(read)
                 if diverged is not None:  # the state is the one before that step (sticky guard)
                     return self.diverged(phase, *diverged), "nan"
                 read = read[-1][1]
@@ -432,7 +437,7 @@ class Trainer:
             signalled, out_of_time = shard.any_process([stop.signal_name is not None, out_of_time])
             if signalled or out_of_time:  # what is stopped at is saved: check it first
                 read_now = self.read_metrics(unread)
-                diverged = next((entry for entry in read_now if not entry[1]["finite"]), None)
+                diverged = first_non_finite(read_now)
                 if diverged is not None:
                     return self.diverged(phase, *diverged), "nan"
                 if read_now and phase is getattr(self, "text", None):
