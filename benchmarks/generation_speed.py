@@ -11,9 +11,16 @@ one full forward pass at the final length per new token. Every row runs its full
 id is set to -1), and each timing is the median of several calls. Weights are random: speed
 does not depend on their values.
 
+Each batch size is timed with three ways of choosing tokens, since on a large vocabulary the
+choice costs as much as a layer: greedy (arg-max), temperature 0.8 alone, and temperature 0.8
+with top-p 0.95 (the `lumi generate` default).
+
     .venv/bin/python benchmarks/generation_speed.py                # tiny, batch 1 and 8
+    .venv/bin/python benchmarks/generation_speed.py --model stories15m --batches 1
     .venv/bin/python benchmarks/generation_speed.py --model micro  # any config name
-writes benchmarks/results/generation_<model>_<platform>.json, stating the machine and its load.
+writes benchmarks/results/generation_<model>_<platform>.json (or --out), stating the machine and
+its load. llama2.c's run.c decodes the stories15m shape at 576–594 tokens/s on the development
+CPU (greedy, 2 OpenMP threads; ../shared/probes/README.md), the issue's reference.
 """
 
 from __future__ import annotations
@@ -47,10 +54,17 @@ def timed(function, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(config, params, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:
+SAMPLINGS = {
+    "greedy": generate.GREEDY,
+    "temperature-0.8": generate.Sampling(temperature=0.8, top_p=1.0),
+    "temperature-0.8+top-p-0.95": generate.Sampling(temperature=0.8, top_p=0.95),
+}
+
+
+def measure(config, params, batch: int, prompt_len: int, new_tokens: int, repeats: int, sampling_name: str) -> dict:
     rng = np.random.default_rng(0)
     prompts = [[1, *rng.integers(3, config.vocab_size, prompt_len - 1).tolist()] for _ in range(batch)]
-    sampling = generate.Sampling(temperature=0.8, top_p=0.95)
+    sampling = SAMPLINGS[sampling_name]
 
     def call(n):
         results = generate.generate_ids(config, params, prompts, max_new_tokens=n, sampling=sampling, eos_id=-1,
@@ -71,7 +85,7 @@ def measure(config, params, batch: int, prompt_len: int, new_tokens: int, repeat
     full_pass(params, full_BT).block_until_ready()
     full_s = timed(lambda: full_pass(params, full_BT).block_until_ready(), repeats)
     return {
-        "batch": batch, "prompt_tokens": prompt_len, "new_tokens": new_tokens,
+        "batch": batch, "sampling": sampling_name, "prompt_tokens": prompt_len, "new_tokens": new_tokens,
         "compile_s": round(first_call_s - total_s, 3),
         "compilations": generate.compiled_count() - compiles_before,
         "prefill_s": round(prefill_s, 4),
@@ -92,14 +106,17 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--samplings", default=",".join(SAMPLINGS), help="comma-separated names from: "
+                        + "; ".join(SAMPLINGS))
+    parser.add_argument("--out", type=Path, help="result file (default benchmarks/results/generation_<model>_<platform>.json)")
     args = parser.parse_args()
 
     config = load_model_config(args.model)
     params = init_params(config, jax.random.key(0))
     device = jax.devices()[0]
     load_start = os.getloadavg()
-    rows = [measure(config, params, int(b), args.prompt_tokens, args.new_tokens, args.repeats)
-            for b in args.batches.split(",")]
+    rows = [measure(config, params, int(b), args.prompt_tokens, args.new_tokens, args.repeats, name)
+            for b in args.batches.split(",") for name in args.samplings.split(",")]
     result = {
         "benchmark": "generation_speed",
         "model": config.name,
@@ -108,11 +125,12 @@ def main() -> int:
                     "cpu_count": os.cpu_count(), "device": f"{device.platform}:{device.device_kind}",
                     "load_average_start": load_start, "load_average_end": os.getloadavg()},
         "versions": {"jax": jax.__version__, "python": platform.python_version()},
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "method": "prefill = call with 1 new token; decode = call with N new tokens minus prefill; "
                   "median of --repeats calls; compile time = first call minus the median",
         "rows": rows,
     }
-    out = ROOT / "benchmarks" / "results" / f"generation_{config.name}_{device.platform}.json"
+    out = args.out or ROOT / "benchmarks" / "results" / f"generation_{config.name}_{device.platform}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -244,3 +244,29 @@ def test_chat_asks_in_the_instruction_template_and_keeps_the_history(tmp_path_fa
     second = answer([{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": first},
                      {"role": "user", "content": "And another?"}])
     assert "\n".join(printed) == first + "\n" + second
+
+
+def test_draw_follows_the_softmax_and_never_picks_a_filtered_token():
+    """The inverse-CDF draw: frequencies over 40,000 draws sit within 5 standard errors of the
+    softmax probabilities, on a vocabulary that spans several blocks and ends mid-block."""
+    rng = np.random.default_rng(0)
+    V, draws = 3 * generate.DRAW_BLOCK + 100, 40_000
+    logits_V = rng.normal(0, 1.5, V).astype(np.float32)
+    logits_V[rng.choice(V, V // 3, replace=False)] = -np.inf  # filtered tokens, anywhere
+    logits_V[-5:] = -np.inf  # including the vocabulary's end
+    probs_V = np.exp(logits_V - logits_V.max())
+    probs_V /= probs_V.sum()
+    tokens = np.asarray(jax.jit(generate.draw)(jnp.asarray(np.tile(logits_V, (draws, 1))), jax.random.key(1)))
+    counts_V = np.bincount(tokens, minlength=V)
+    assert counts_V[~np.isfinite(logits_V)].sum() == 0
+    standard_error_V = np.sqrt(probs_V * (1 - probs_V) / draws)
+    assert np.all(np.abs(counts_V / draws - probs_V) <= 5 * standard_error_V + 1e-9)
+
+
+def test_draw_reaches_the_first_and_the_last_allowed_token():
+    V = 2 * generate.DRAW_BLOCK + 7
+    only_first, only_last = np.full(V, -np.inf, np.float32), np.full(V, -np.inf, np.float32)
+    only_first[0], only_last[V - 1] = 0.0, 0.0
+    logits = jnp.asarray(np.stack([only_first, only_last] * 64))
+    tokens = np.asarray(generate.draw(logits, jax.random.key(0)))
+    assert set(tokens[0::2].tolist()) == {0} and set(tokens[1::2].tolist()) == {V - 1}
