@@ -13,7 +13,8 @@ median step seconds, tokens/s, achieved FLOP/s and MFU with
 against the device's dense peak (CPU: cores × clock × FLOP/cycle, stated in the result). On an
 accelerator it also records the peak device memory next to `lumi architecture`'s estimate.
 The machine may be shared: the load average and this process's CPU seconds are recorded next
-to the wall time. Writes benchmarks/results/train_<platform>_<dtype>.json.
+to the wall time. Like `lumi train`, it shows a CPU's cores as devices (lumi_jax/cpu_devices.py;
+LUMI_CPU_DEVICES=1 measures one device). Writes benchmarks/results/train_<platform>_<dtype>.json.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from host import cpu_model  # benchmarks/host.py, beside this script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+
+from lumi_jax.cpu_devices import use_cpu_cores  # noqa: E402
+
+use_cpu_cores()  # as `lumi train` does: one device per core on a CPU (LUMI_CPU_DEVICES=1 turns it off)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -59,7 +64,7 @@ def measure(model_name: str, batch_size: int, context: int, dtype: str, steps: i
     model = dataclasses.replace(load_model_config(model_name), dtype=dtype)
     config = TrainConfig(steps=1000, batch_size=batch_size, context=context, warmup=10, dtype=dtype,
                          grad_accum=grad_accum, remat=remat)
-    mesh = shard.make_mesh()
+    mesh = shard.make_mesh(batch_rows=batch_size // grad_accum)
     optimizer = make_optimizer(config)
     state, shardings = initial_state(model, config, optimizer, mesh)
     step_fn = jit_train_step(model, config, mesh, shardings)
@@ -107,7 +112,7 @@ def measure(model_name: str, batch_size: int, context: int, dtype: str, steps: i
         "process_cpu_s_per_step": round(cpu_s / steps, 3),
         "tokens_per_process_cpu_s": round(tokens_per_step * steps / cpu_s, 1),
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "grad_accum": grad_accum, "remat": remat,
+        "grad_accum": grad_accum, "remat": remat, "devices_used": int(mesh.devices.size),
         "peak_device_bytes": memory.get("peak_bytes_in_use"),
         "estimated_train_bytes": estimate,
         "estimate_over_peak": round(estimate / memory["peak_bytes_in_use"], 3) if memory.get("peak_bytes_in_use") else None,

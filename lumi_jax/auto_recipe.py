@@ -96,7 +96,7 @@ def throughput_key(config: ModelConfig, batch: int, context: int) -> str:
 def measure_tokens_per_s(config: ModelConfig, batch: int, context: int) -> float:
     """Tokens per second of the real train step at this shape, after compiling it."""
     train_config = TrainConfig(steps=100, batch_size=batch, context=context, warmup=1)
-    mesh = shard.make_mesh()
+    mesh = shard.make_mesh(batch_rows=batch)
     optimizer = make_optimizer(train_config)
     state, shardings = initial_state(config, train_config, optimizer, mesh)
     step = jit_train_step(config, train_config, mesh, shardings)

@@ -15,6 +15,7 @@ import importlib
 import os
 import sys
 
+from lumi_jax.cpu_devices import use_cpu_cores
 from lumi_jax.errors import exit_on_user_error
 from lumi_jax.flags import ArgumentParser
 
@@ -74,6 +75,8 @@ def run_command(argv: list[str]) -> int:
             return 0
         name, rest = argv[0], argv[1:]
         module_name, help_text = COMMANDS[name]
+        if name != "launch":  # launch gives each of its processes their devices itself
+            use_cpu_cores()  # before the command's module starts JAX
         module = importlib.import_module(module_name)
         if hasattr(module, "dispatch"):  # `lumi session NAME ...`: the module parses NAME and its options
             return int(module.dispatch(rest, prog=f"lumi {name}") or 0)

@@ -27,6 +27,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from lumi_jax.cpu_devices import use_cpu_cores
 from lumi_jax.errors import UserError, exit_on_user_error
 from lumi_jax.flags import (
     ArgumentParser,
@@ -209,6 +210,7 @@ def dispatch(argv: list[str], prog: str = PROG) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     with exit_on_user_error():
+        use_cpu_cores()  # before anything starts JAX (python -m lumi_jax.session; `lumi session` did it already)
         return dispatch(list(sys.argv[1:] if argv is None else argv))
 
 

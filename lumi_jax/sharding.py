@@ -88,18 +88,27 @@ def from_process_0(values: list[float]) -> list[float]:
     return [float(value) for value in multihost_utils.broadcast_one_to_all(np.asarray(values, np.float32))]
 
 
-def make_mesh(data: int = 0, fsdp: int = 1) -> Mesh:
-    """A (data, fsdp) mesh over every device; data=0 takes all devices fsdp leaves."""
+def make_mesh(data: int = 0, fsdp: int = 1, batch_rows: int | None = None) -> Mesh:
+    """A (data, fsdp) mesh; data=0 takes every device fsdp leaves.
+
+    With `batch_rows` (the micro-batch), data=0 and one process, the mesh takes only the most
+    devices that split the batch evenly: on a CPU shown as one device per core
+    (cpu_devices.py), a batch of 6 on 4 devices trains on 3, and a batch of 5 on one.
+    """
     count = jax.device_count()
     if fsdp < 1 or count % fsdp:
         raise UserError(f"mesh: fsdp={fsdp} does not divide the {count} devices; choose a divisor of {count}")
+    devices = jax.devices()
+    if not data and batch_rows and jax.process_count() == 1:
+        used = max((n for n in range(fsdp, count + 1, fsdp) if batch_rows % n == 0), default=count)
+        devices, count = devices[:used], used
     data = data or count // fsdp
     if data * fsdp != count:
         raise UserError(
             f"mesh: data={data} × fsdp={fsdp} = {data * fsdp} but there are {count} devices; "
             f"make the product {count} (or leave data out to use all devices)"
         )
-    return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto))
+    return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
 
 
 def batch_shards(mesh: Mesh) -> int:

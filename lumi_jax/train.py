@@ -185,7 +185,8 @@ class Trainer:
         self.check_splits()
         if train_config.tensorboard:
             tensorboard_writer_class()  # a missing package is found before anything is written
-        self.mesh = shard.make_mesh(train_config.mesh_data, train_config.mesh_fsdp)
+        self.mesh = shard.make_mesh(train_config.mesh_data, train_config.mesh_fsdp,
+                                    batch_rows=train_config.batch_size // train_config.grad_accum)
         shard.check_batch_divides(train_config.batch_size, train_config.grad_accum, self.mesh)
         data_loader.check_batch_fits(train_config.batch_size, self.context)
         if train_config.batch_size % jax.process_count():
@@ -760,6 +761,8 @@ class Trainer:
             "mean_step_time_s": float(np.mean(times)) if times else None,
             "tokens_per_s": self.tokens_per_step / float(np.mean(times[1:] or times)) if times else None,
             "stop_reason": self.stop_reason,
+            "devices": {"platform": self.mesh.devices.flat[0].platform, "count": int(self.mesh.devices.size),
+                        "mesh": {axis: int(size) for axis, size in self.mesh.shape.items()}},
             "resumed_from_step": self.start_step or None,
             "copy_warmup": read_json(warmup_file) if warmup_file.exists() else None,
             "schedule": {"kind": self.train_config.resolved_schedule, "decided": self.plan_decided,

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "lumi_jax"
 # From the ground up (the README's layer table). A name ending in ".*" covers a subpackage.
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("settings", ("lumi_jax", "errors", "config", "files", "flags", "tables")),
-    ("components", ("model", "optim", "sharding", "checkpoint", "run_lock", "metrics", "data", "data.*")),
+    ("components", ("model", "optim", "sharding", "cpu_devices", "checkpoint", "run_lock", "metrics", "data", "data.*")),
     ("the step", ("step", "lora", "runs")),
     ("the loop", ("train", "copy_warmup", "auto_recipe")),
     ("stages", ("sft", "evaluate", "assess", "generate", "architecture", "interop", "interop.*")),

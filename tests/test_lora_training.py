@@ -36,6 +36,11 @@ SFT_FLAGS = ["--steps", "120", "--batch-size", "4", "--context", str(CONTEXT), "
              "--lora-rank", "2"]
 
 
+# The reference run trains in this process, on one device; the child must too, since a batch split
+# over several devices sums in another order and the runs would differ in the last bits.
+ONE_DEVICE = {**os.environ, "LUMI_CPU_DEVICES": "1"}
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, micro_config):
     root = tmp_path_factory.mktemp("lora")
@@ -78,7 +83,7 @@ def start_sft(pretrained: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "lumi_jax.cli", "sft", "--from", str(pretrained), "--data",
          str(pretrained.parent / "instr"), "--out", str(out), *SFT_FLAGS],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_DEVICE)
 
 
 def finish(process: subprocess.Popen) -> None:

@@ -51,8 +51,12 @@ FOUR_DEVICE_SCRIPT = textwrap.dedent("""
     state, _ = initial_state(micro, config, make_optimizer(config), mesh)
     report["embedding_spec"] = str(state.params["embed"]["embedding"].sharding.spec)
     report["adam_moment_spec"] = str(jax.tree.leaves(state.opt_state)[1].sharding.spec)
+    report["batch_6_devices"] = train(dataclasses.replace(config, batch_size=6), micro, data, f"{out}/six",
+                                      show_progress=False)["devices"]
+    report["batch_5_devices"] = train(dataclasses.replace(config, batch_size=5), micro, data, f"{out}/five",
+                                      show_progress=False)["devices"]
     try:
-        train(dataclasses.replace(config, batch_size=6), micro, data, f"{out}/odd", show_progress=False)
+        train(dataclasses.replace(config, batch_size=6, mesh_fsdp=4), micro, data, f"{out}/odd", show_progress=False)
     except UserError as error:
         report["odd_batch_error"] = str(error)
     print(json.dumps(report))
@@ -97,4 +101,7 @@ def test_four_devices_train_like_one_in_data_and_fsdp_layouts(micro_config, data
                     assert theirs[key] == pytest.approx(mine[key], rel=1e-4, abs=1e-6), (layout, mine["step"], key)
     assert "fsdp" in report["embedding_spec"]  # parameters really are split in the FSDP layout
     assert "fsdp" in report["adam_moment_spec"]  # and so are the optimizer moments
+    # A data-parallel mesh takes the most devices that split the batch evenly; FSDP needs them all.
+    assert report["batch_6_devices"] == {"platform": "cpu", "count": 3, "mesh": {"data": 3, "fsdp": 1}}
+    assert report["batch_5_devices"] == {"platform": "cpu", "count": 1, "mesh": {"data": 1, "fsdp": 1}}
     assert "does not divide among 4 devices" in report["odd_batch_error"]

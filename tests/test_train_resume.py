@@ -33,6 +33,11 @@ CLI_FLAGS = ["--model", "micro", "--steps", "300", "--batch-size", "8", "--conte
 REPO = Path(__file__).resolve().parent.parent
 
 
+# The reference run trains in this process, on one device; the child must too, since a batch split
+# over several devices sums in another order and the runs would differ in the last bits.
+ONE_DEVICE = {**os.environ, "LUMI_CPU_DEVICES": "1"}
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(micro_config, dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "whole"
@@ -43,7 +48,7 @@ def uninterrupted(micro_config, dataset_dir, tmp_path_factory):
 def start_training(dataset_dir: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "lumi_jax.cli", "train", *CLI_FLAGS, "--data", str(dataset_dir), "--out", str(out)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_DEVICE,
     )
 
 
