@@ -14,30 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from host import cpu_model  # benchmarks/host.py, beside this script
+from paired import pairs  # benchmarks/paired.py
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent
-
-
-def throughput(case: str, devices: str | None, steps: int) -> dict:
-    env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "LUMI_CPU_DEVICES")}
-    if devices:
-        env["LUMI_CPU_DEVICES"] = devices
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch) / "result.json"
-        subprocess.run([sys.executable, str(HERE / "train_throughput.py"), "--cases", case, "--steps", str(steps),
-                        "--out", str(out)], env=env, check=True, capture_output=True, text=True)
-        result = json.loads(out.read_text())["results"][0]
-    return {"devices_used": result["devices_used"], "tokens_per_s": result["tokens_per_s"],
-            "step_s_median": result["step_s_median"], "load_average_1min": result["load_average_1min"]}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ONE_DEVICE = {"XLA_FLAGS": None, "LUMI_CPU_DEVICES": "1"}
+ONE_PER_CORE = {"XLA_FLAGS": None, "LUMI_CPU_DEVICES": None}
 
 
 def main() -> int:
@@ -48,17 +34,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "cpu_devices_cpu.json")
     args = parser.parse_args()
 
-    rows = []
-    for case in args.cases:
-        pairs = []
-        for _ in range(args.repeats):
-            one = throughput(case, "1", args.steps)
-            per_core = throughput(case, None, args.steps)
-            pairs.append({"one_device": one, "one_per_core": per_core,
-                          "ratio": round(per_core["tokens_per_s"] / one["tokens_per_s"], 3)})
-            print(case, json.dumps(pairs[-1]), flush=True)
-        rows.append({"case": case, "pairs": pairs,
-                     "median_ratio": round(statistics.median(pair["ratio"] for pair in pairs), 3)})
+    rows = [{"case": case, **pairs(case, ONE_DEVICE, ONE_PER_CORE, args.repeats, args.steps,
+                                   ("one_device", "one_per_core"))} for case in args.cases]
     result = {
         "benchmark": "cpu_devices",
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),

@@ -119,9 +119,11 @@ def estimate_training_memory(
     Parameters, gradients and the two AdamW moments are float32 whatever the compute dtype.
     Activations are in the compute dtype, except the attention scores, softmax and logits, which
     model.py keeps in float32. The logits count three times (logits, their softmax, their
-    gradient). With full rematerialisation (`remat` True or "full") only each block's input is
-    kept, plus one block's full set while it is recomputed; with "dots", each block also keeps its
-    projections' outputs (q, k, v, the attention output's projection, gate, up and down).
+    gradient), for every position, or for one chunk of positions where training fuses the head
+    with the loss (model.fused_head_chunk). With full rematerialisation (`remat` True or "full")
+    only each block's input is kept, plus one block's full set while it is recomputed; with
+    "dots", each block also keeps its projections' outputs (q, k, v, the attention output's
+    projection, gate, up and down).
     """
     policy = {False: "off", True: "full"}.get(remat, remat)
     dtype = dtype or config.dtype
@@ -131,7 +133,7 @@ def estimate_training_memory(
     scores_bytes = per_layer["attention_scores"] * 4
     other_bytes = (sum(per_layer.values()) - per_layer["attention_scores"]) * act_bytes
     one_layer = scores_bytes + other_bytes
-    logits = 3 * batch * seq * config.vocab_size * 4
+    logits = 3 * batch * (model.fused_head_chunk(config, batch, seq) or seq) * config.vocab_size * 4
     if policy in ("full", "dots"):
         kept = batch * seq * config.d_model  # the block's input
         if policy == "dots":

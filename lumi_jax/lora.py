@@ -91,9 +91,10 @@ def merge(params: dict, adapters: dict, scale: float) -> dict:
 
 def lora_forward(config: ModelConfig, params: dict, adapters: dict, scale: float, tokens_BT: jax.Array,
                  segments_BT: jax.Array | None = None, scored_N: jax.Array | None = None,
-                 remat: str = "off") -> jax.Array:
+                 remat: str = "off", targets_BT: jax.Array | None = None, head_chunk: int = 0) -> jax.Array:
     """Logits of the model with unmerged adapters: every target Dense adds scale · (x A) B.
-    `segments_BT`, `scored_N`, `remat`: as for the plain model (model.Transformer)."""
+    `segments_BT`, `scored_N`, `remat`, `targets_BT`, `head_chunk`: as for the plain model
+    (model.Transformer)."""
 
     def add_adapter(next_fun, args, kwargs, context):
         module = context.module
@@ -108,9 +109,10 @@ def lora_forward(config: ModelConfig, params: dict, adapters: dict, scale: float
         return y + (scale * delta).astype(y.dtype)
 
     with nn.intercept_methods(add_adapter):
-        logits_BTV, _ = Transformer(config, remat=remat).apply({"params": params}, tokens_BT, scored_N=scored_N,
-                                                               segments_BT=segments_BT)
-    return logits_BTV
+        out, _ = Transformer(config, remat=remat).apply({"params": params}, tokens_BT, scored_N=scored_N,
+                                                        segments_BT=segments_BT, targets_BT=targets_BT,
+                                                        head_chunk=head_chunk)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,9 +133,11 @@ class LoraTraining:
         return nest(init_lora(params, self.rank, jax.random.key(seed))), params
 
     def logits_fn(self, frozen):
-        def logits(model_config, trained, tokens_BT, *, remat="off", scored_N=None, segments_BT=None):
+        def logits(model_config, trained, tokens_BT, *, remat="off", scored_N=None, segments_BT=None,
+                   targets_BT=None, head_chunk=0):
             return lora_forward(model_config, frozen, flatten(trained), self.scale, tokens_BT,
-                                segments_BT=segments_BT, scored_N=scored_N, remat=remat)
+                                segments_BT=segments_BT, scored_N=scored_N, remat=remat,
+                                targets_BT=targets_BT, head_chunk=head_chunk)
         return logits
 
     def model_params(self, trained, frozen):

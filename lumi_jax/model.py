@@ -24,7 +24,6 @@ tokens are written at `cache_index`, and queries attend to every slot up to thei
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from typing import Any
@@ -248,6 +247,8 @@ class Transformer(nn.Module):
         key_mask_BS: jax.Array | None = None,
         scored_N: jax.Array | None = None,
         segments_BT: jax.Array | None = None,
+        targets_BT: jax.Array | None = None,
+        head_chunk: int = 0,
     ) -> tuple[jax.Array, Cache | None]:
         """Return float32 logits (B, T, V) and the updated cache (None when no cache is given).
 
@@ -262,6 +263,8 @@ class Transformer(nn.Module):
         attend to every written slot up to their own; `key_mask_BS` can hide slots (the left
         padding of a batch of prompts). RoPE depends only on relative position, so a row's
         left padding shifts its positions without changing what it computes.
+        `targets_BT` with `head_chunk` (no cache, no scored_N): return −log p(target) (B, T) from
+        the fused head and loss instead of logits (fused_head_nats).
         """
         c = self.config
         B, T = tokens_BT.shape
@@ -301,14 +304,75 @@ class Transformer(nn.Module):
         # The head accumulates in float32 whatever the compute dtype: bfloat16 logits would lose
         # the differences between likely tokens before the softmax sees them.
         if c.tie_embeddings:
-            embedding_VD = embed.embedding.astype(x_BTD.dtype)
-            logits_BTV = jnp.einsum("...d,vd->...v", x_BTD, embedding_VD, preferred_element_type=jnp.float32)
+            head_VD = embed.embedding.astype(x_BTD.dtype)
+
+            def head(x_D):
+                return jnp.einsum("...d,vd->...v", x_D, head_VD, preferred_element_type=jnp.float32)
         else:
-            logits_BTV = nn.Dense(c.vocab_size, use_bias=False, dtype=compute_dtype(c), param_dtype=jnp.float32,
-                                  kernel_init=nn.initializers.normal(stddev=0.02), name="output",
-                                  dot_general=functools.partial(jax.lax.dot_general,
-                                                                preferred_element_type=jnp.float32))(x_BTD)
-        return logits_BTV.astype(jnp.float32), (None if cache is None else new_cache)
+            head_DV = OutputHead(c.vocab_size, name="output")(c.d_model).astype(x_BTD.dtype)
+
+            def head(x_D):
+                return jnp.einsum("...d,dv->...v", x_D, head_DV, preferred_element_type=jnp.float32)
+        if targets_BT is not None:
+            return fused_head_nats(x_BTD, head, targets_BT, head_chunk), None
+        return head(x_BTD).astype(jnp.float32), (None if cache is None else new_cache)
+
+
+class OutputHead(nn.Module):
+    """The untied output matrix (D, V), held where nn.Dense would hold it (params["output"]["kernel"]),
+    so the plain head and the fused head-and-loss read the same parameter."""
+
+    vocab_size: int
+
+    @nn.compact
+    def __call__(self, d_model: int) -> jax.Array:
+        return self.param("kernel", nn.initializers.normal(stddev=0.02), (d_model, self.vocab_size), jnp.float32)
+
+
+def token_nats(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
+    """−log p(target) at every position, in float32: logsumexp(logits) − logit[target]."""
+    logits_BTV = logits_BTV.astype(jnp.float32)
+    target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits_BTV, axis=-1) - target_logit_BT
+
+
+# Above this size of one micro-batch's float32 logits, training fuses the head with the loss and
+# computes both a chunk of positions at a time (fused_head_nats).
+FUSED_HEAD_ABOVE_BYTES = 1 << 30
+FUSED_HEAD_POSITIONS = 128  # positions per row in a chunk, at most
+
+
+def fused_head_chunk(config: ModelConfig, batch: int, seq: int) -> int:
+    """Positions per row in each chunk of the fused head and loss, or 0 for the plain head.
+
+    The plain head's float32 logits, their softmax and their gradient are B·T·V·4 bytes each: for
+    small or base at 32 × 1024 tokens, 4 GB apiece, the largest activations of the step. Fused,
+    they shrink to B·chunk·V, for one more pass of the head in the backward pass; so the fused
+    head is used only where the logits would be large (above FUSED_HEAD_ABOVE_BYTES)."""
+    if batch * seq * config.vocab_size * 4 <= FUSED_HEAD_ABOVE_BYTES:
+        return 0
+    return max(c for c in range(1, min(seq, FUSED_HEAD_POSITIONS) + 1) if seq % c == 0)
+
+
+def fused_head_nats(x_BTD: jax.Array, head, targets_BT: jax.Array, chunk: int) -> jax.Array:
+    """−log p(target) at every position, (B, T) float32, never holding more than B·chunk·V logits.
+
+    The positions are cut into T/chunk chunks along T (the batch axis stays whole, so a batch
+    split over devices stays split); `lax.map` runs the head and the loss chunk by chunk, and
+    `jax.checkpoint` makes the backward pass recompute each chunk's logits instead of keeping
+    them. The same values as the plain head up to float32 rounding (tests/test_model.py)."""
+    B, T, D = x_BTD.shape
+    if chunk <= 0 or T % chunk:
+        raise ValueError(f"head chunk {chunk} must divide the sequence length {T}")
+    x_NBCD = x_BTD.reshape(B, T // chunk, chunk, D).swapaxes(0, 1)
+    targets_NBC = targets_BT.reshape(B, T // chunk, chunk).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def chunk_nats(x_BCD, targets_BC):
+        return token_nats(head(x_BCD), targets_BC)
+
+    nats_NBC = jax.lax.map(lambda pair: chunk_nats(*pair), (x_NBCD, targets_NBC))
+    return nats_NBC.swapaxes(0, 1).reshape(B, T)
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype: Any = None) -> Cache:
@@ -336,8 +400,11 @@ def count_params(params: Any) -> int:
 
 
 def forward(config: ModelConfig, params: dict, tokens_BT: jax.Array, remat: str = "off",
-            scored_N: jax.Array | None = None, segments_BT: jax.Array | None = None) -> jax.Array:
-    """Logits (B, T, V) for a causal pass: the function training and scoring use."""
-    logits_BTV, _ = Transformer(config, remat=remat).apply({"params": params}, tokens_BT, scored_N=scored_N,
-                                                           segments_BT=segments_BT)
-    return logits_BTV
+            scored_N: jax.Array | None = None, segments_BT: jax.Array | None = None,
+            targets_BT: jax.Array | None = None, head_chunk: int = 0) -> jax.Array:
+    """Logits (B, T, V) for a causal pass: the function training and scoring use. With
+    `targets_BT` and `head_chunk`, −log p(target) (B, T) from the fused head and loss instead."""
+    out, _ = Transformer(config, remat=remat).apply({"params": params}, tokens_BT, scored_N=scored_N,
+                                                    segments_BT=segments_BT, targets_BT=targets_BT,
+                                                    head_chunk=head_chunk)
+    return out

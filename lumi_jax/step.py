@@ -30,7 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from lumi_jax import sharding as shard
 from lumi_jax.config import ModelConfig, TrainConfig
 from lumi_jax.errors import UserError
-from lumi_jax.model import forward, init_params
+from lumi_jax.model import forward, fused_head_chunk, init_params, token_nats
 from lumi_jax.optim import learning_rate_schedule, make_optimizer
 
 BATCH_FIELDS = ("inputs", "targets", "weights")  # plus "segments" for packed instruction examples
@@ -40,20 +40,14 @@ BATCH_FIELDS = ("inputs", "targets", "weights")  # plus "segments" for packed in
 # The loss, shared with evaluation.
 
 
-def token_nats(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
-    """−log p(target) at every position, in float32: logsumexp(logits) − logit[target]."""
-    logits_BTV = logits_BTV.astype(jnp.float32)
-    target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-    return jax.nn.logsumexp(logits_BTV, axis=-1) - target_logit_BT
-
-
 def model_logits(model_config: ModelConfig, params, tokens_BT, **options) -> jax.Array:
     """The plain model's logits: `logits_fn` for everything that is not LoRA."""
     return forward(model_config, params, tokens_BT, **options)
 
 
 def loss_sums(params, model_config: ModelConfig, batch: dict, *, remat: str = "off",
-              scored_limit: int | None = None, per_row: bool = False, logits_fn=model_logits):
+              scored_limit: int | None = None, per_row: bool = False, logits_fn=model_logits,
+              head_chunk: int | None = None):
     """(Σ weights·nats, Σ weights): sums, so callers can aggregate batches exactly.
 
     `batch` holds inputs, targets, weights and, for packed instruction examples, segments: each
@@ -62,15 +56,24 @@ def loss_sums(params, model_config: ModelConfig, batch: dict, *, remat: str = "o
     `scored_limit` N: no batch has more than N weighted targets (instruction data, where only
     answers count), so only those positions go through the head and the softmax. The sums are
     the same; the caller guarantees the bound (see data/loader.py: max_window_targets).
-    `logits_fn(model_config, params, tokens_BT, remat=, scored_N=, segments_BT=)`: what computes
-    the logits (the plain model, or the model with LoRA adapters).
+    `logits_fn(model_config, params, tokens_BT, remat=, scored_N=, segments_BT=, targets_BT=,
+    head_chunk=)`: what computes the logits (the plain model, or the model with LoRA adapters).
+    `head_chunk`: positions per chunk of the fused head and loss (model.fused_head_nats), 0 for
+    the plain head; None decides by the size of the logits (model.fused_head_chunk).
     """
     inputs_BT, targets_BT = batch["inputs"], batch["targets"]
     weights_BT = jnp.asarray(batch["weights"], jnp.float32)
     segments_BT = batch.get("segments")
     if scored_limit is None:
-        logits_BTV = logits_fn(model_config, params, inputs_BT, remat=remat, segments_BT=segments_BT)
-        weighted_BT = token_nats(logits_BTV, targets_BT) * weights_BT
+        if head_chunk is None:
+            head_chunk = fused_head_chunk(model_config, *inputs_BT.shape)
+        if head_chunk:
+            nats_BT = logits_fn(model_config, params, inputs_BT, remat=remat, segments_BT=segments_BT,
+                                targets_BT=targets_BT, head_chunk=head_chunk)
+        else:
+            nats_BT = token_nats(logits_fn(model_config, params, inputs_BT, remat=remat, segments_BT=segments_BT),
+                                 targets_BT)
+        weighted_BT = nats_BT * weights_BT
         axis = -1 if per_row else None
         return jnp.sum(weighted_BT, axis=axis), jnp.sum(weights_BT, axis=axis)
     weights_M, targets_M = weights_BT.reshape(-1), jnp.asarray(targets_BT).reshape(-1)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 
+from lumi_jax import model
 from lumi_jax.architecture import (
     REFERENCES,
     closed_form_params,
@@ -59,13 +60,16 @@ def test_real_llama_shapes_pass_conformance_without_warnings(name):
     assert all(check.status == "pass" for check in conformance_checks(load_model_config(name)))
 
 
-def xla_train_step_bytes(config, batch, seq):
-    """Peak bytes XLA reports for a compiled AdamW train step (arguments + outputs − aliased + temp)."""
+def xla_train_step_bytes(config, batch, seq, head_chunk=0):
+    """Peak bytes XLA reports for a compiled AdamW train step (arguments + outputs − aliased + temp);
+    with `head_chunk`, the head fused with the loss (model.fused_head_nats)."""
     params = param_shapes(config)
     optimizer = optax.adamw(1e-3)
     opt_state = jax.eval_shape(optimizer.init, params)
 
     def loss_fn(p, tokens):
+        if head_chunk:
+            return forward(config, p, tokens[:, :-1], targets_BT=tokens[:, 1:], head_chunk=head_chunk).mean()
         logits = forward(config, p, tokens[:, :-1])
         return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
@@ -86,6 +90,18 @@ def test_training_memory_estimate_within_20_percent_of_xla(name, batch, seq):
     estimate = estimate_training_memory(config, batch, seq)["total"]
     measured = xla_train_step_bytes(config, batch, seq)
     assert 0.8 <= estimate / measured <= 1.2, f"estimate {estimate:,} vs XLA {measured:,}"
+
+
+def test_training_memory_estimate_follows_the_fused_head(monkeypatch):
+    """micro at 8 × 128 with the head fused 16 positions at a time: the estimate stays within 20%
+    of XLA's plan, and the plan really shrinks, by at least one copy of the logits it no longer holds."""
+    config = load_model_config("micro")
+    monkeypatch.setattr(model, "FUSED_HEAD_ABOVE_BYTES", 0)
+    monkeypatch.setattr(model, "FUSED_HEAD_POSITIONS", 16)
+    estimate = estimate_training_memory(config, 8, 128)["total"]
+    measured = xla_train_step_bytes(config, 8, 128, head_chunk=16)
+    assert 0.8 <= estimate / measured <= 1.2, f"estimate {estimate:,} vs XLA {measured:,}"
+    assert xla_train_step_bytes(config, 8, 128) - measured >= 8 * (128 - 16) * config.vocab_size * 4
 
 
 def test_cli_json_report_and_skipping_non_model_json(tmp_path, capsys):

@@ -9,7 +9,7 @@ import pytest
 
 from lumi_jax import lora
 from lumi_jax.errors import UserError
-from lumi_jax.model import forward, init_params
+from lumi_jax.model import forward, init_params, token_nats
 
 RANK = 4
 # Jitted once per shape: eager op-by-op dispatch would dominate the test time.
@@ -73,3 +73,12 @@ def test_a_rank_too_large_is_a_user_error(micro_config, params):
         lora.init_lora(params, micro_config.d_model + 1, jax.random.key(0))
     with pytest.raises(UserError, match="positive rank"):
         lora.init_lora(params, 0, jax.random.key(0))
+
+
+def test_the_fused_head_sees_the_adapters(micro_config, params, tokens_BT):
+    """With adapters, the fused head and loss (large vocabularies) gives the plain head's losses."""
+    adapters, scale = trained_adapters(params), lora.lora_scale(RANK, alpha=8.0)
+    targets_BT = jnp.roll(tokens_BT, -1, axis=1)
+    plain = token_nats(jit_lora_forward(micro_config, params, adapters, scale, tokens_BT), targets_BT)
+    fused = lora.lora_forward(micro_config, params, adapters, scale, tokens_BT, targets_BT=targets_BT, head_chunk=4)
+    np.testing.assert_allclose(fused, plain, rtol=1e-5, atol=1e-6)

@@ -10,14 +10,19 @@ import numpy as np
 import optax
 import pytest
 
+from lumi_jax import model
+from lumi_jax.architecture import estimate_training_memory
+from lumi_jax.config import load_model_config
 from lumi_jax.model import (
     Transformer,
     apply_rope,
     forward,
+    fused_head_chunk,
     init_cache,
     init_params,
     rope_angles,
     rope_tables,
+    token_nats,
 )
 
 
@@ -173,3 +178,39 @@ def test_the_fused_attention_path_gives_the_same_logits_and_gradients(micro_conf
     np.testing.assert_allclose(results["custom"][0], results["fused"][0], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(results["custom"][1]), jax.tree.leaves(results["fused"][1]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_fused_head_and_loss_equal_the_plain_head_in_value_and_gradient(micro_config, tied):
+    """Training's fused head (chunks of positions, logits recomputed in the backward pass) gives
+    the plain head's per-position nats and parameter gradients, tied or untied, with segments."""
+    config = dataclasses.replace(micro_config, tie_embeddings=tied)
+    params = init_params(config, jax.random.key(0))
+    tokens, targets = random_tokens(config, 3, 16, seed=2), random_tokens(config, 3, 16, seed=3)
+    segments = jnp.array([[0] * 6 + [1] * 10, [0] * 16, [0] * 3 + [1] * 13])
+    weights = jax.random.uniform(jax.random.key(4), (3, 16))
+
+    def plain(params):
+        return token_nats(forward(config, params, tokens, segments_BT=segments), targets)
+
+    def fused(params):
+        return forward(config, params, tokens, segments_BT=segments, targets_BT=targets, head_chunk=4)
+
+    np.testing.assert_allclose(fused(params), plain(params), rtol=1e-5, atol=1e-6)
+    grads = [jax.grad(lambda p, f=f: jnp.sum(f(p) * weights))(params) for f in (plain, fused)]
+    assert jax.tree.structure(grads[0]) == jax.tree.structure(grads[1])
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_the_head_is_fused_only_where_the_logits_would_be_large(monkeypatch):
+    tiny, small = load_model_config("tiny"), load_model_config("small")
+    assert fused_head_chunk(tiny, 8, 256) == 0  # 32 MB of logits: the plain head
+    assert fused_head_chunk(small, 4, 256) == 0
+    assert fused_head_chunk(small, 32, 1024) == 128  # 4.2 GB: fused, 128 positions a chunk
+    assert fused_head_chunk(small, 32, 1000) == 125  # a chunk divides the sequence
+    fused = estimate_training_memory(small, 32, 1024)["activations"]
+    monkeypatch.setattr(model, "FUSED_HEAD_ABOVE_BYTES", 1 << 62)  # never fuse
+    plain = estimate_training_memory(small, 32, 1024)["activations"]
+    # The memory estimate counts the logits of one chunk (three copies), not of every position.
+    assert plain - fused == 3 * 32 * (1024 - 128) * small.vocab_size * 4
