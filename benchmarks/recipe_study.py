@@ -158,7 +158,8 @@ def study(budget: float, work: Path, seeds: int, grid: list[tuple[str, int, floa
 
     auto_vocab = auto_recipe.vocab_for_corpus(cut.train_bytes)
     # Named by the constants it ran with: a study rerun after they change keeps the earlier runs.
-    auto_name = f"auto-bpv{auto_recipe.BYTES_PER_VOCAB_ID}-tpp{auto_recipe.TOKENS_PER_PARAM:g}"
+    auto_name = (f"auto-bpv{auto_recipe.BYTES_PER_VOCAB_ID}-tpp{auto_recipe.TOKENS_PER_PARAM:g}"
+                 f"-stop{auto_recipe.MAX_EPOCHS}passes")
     results["auto"] = train_and_score(work, auto_name, budget, auto_vocab, ["--recipe", "auto"], cut)
     results["auto_with_other_constants"] = [
         json.loads(path.read_text())

@@ -5,12 +5,14 @@ from the text's size, the time budget and this machine's measured speed.
     budget ─┐
     speed ──┴──► tokens the budget buys per candidate shape ──► the largest shape that still sees
                  TOKENS_PER_PARAM tokens per parameter (at most MAX_EPOCHS passes over the text)
+    passes ──► a length cap: training stops after MAX_EPOCHS passes, even with budget left
     width ──► learning rate (LR_WIDTH / √d_model, capped): wider layers take smaller steps
 
 Throughput is measured, not assumed: a few timed steps of each candidate shape on this machine,
 cached in ~/.cache/lumi_jax/throughput.json (keyed by shape, batch, device and JAX version), so
 only the first auto recipe on a machine pays for the measurement. The length is the budget's:
-the schedule is WSD sized to the deadline (optim.py), and `steps` is only an upper bound.
+the schedule is WSD sized to the deadline (optim.py), and `steps` is only an upper bound, unless
+MAX_EPOCHS passes over the text come first: then the run ends there, with budget left.
 
 Every choice is recorded with its reason in the run's config.json (`auto_recipe`). The constants
 are defaults set from the recipe study (benchmarks/recipe_study.py, docs/recipe-study.md).
@@ -43,7 +45,10 @@ CANDIDATE_SHAPES = ((64, 2, 2), (96, 3, 3), (128, 4, 4), (192, 4, 6), (256, 6, 8
 # worse than the grid's best. Both constants below were then set from that row, on the same
 # held-out text: a fit, to be confirmed on other text (docs/recipe-study.md).
 TOKENS_PER_PARAM = 2
-MAX_EPOCHS = 4  # repeated data is worth nearly as much as new up to ~4 passes (Muennighoff et al., 2023)
+# Repeated data is worth nearly as much as new up to ~4 passes (Muennighoff et al., 2023); beyond,
+# a small model memorises a small text: in the study's 15-minute row, 17 passes over 1 MB ended
+# 0.26 bits per byte worse on held-out text than 7 passes at 5 minutes (docs/recipe-study.md).
+MAX_EPOCHS = 4
 BYTES_PER_VOCAB_ID = 500  # vocabulary ≈ corpus bytes / 500 (1 MB → 2048), a power of two in [512, 32000]
 LR_WIDTH, LR_MAX, LR_MIN = 0.024, 3e-3, 3e-4
 TRAINING_SHARE = 0.85  # of the budget, for update steps (the rest: compiling, evaluating, saving)
@@ -172,7 +177,9 @@ def choose(corpus_bytes: int, budget_s: float, *, vocab_size: int | None = None,
                    f"({usable / params:.0f}, of {tokens:,.0f} tokens at {speeds[config.name]:,.0f} tokens/s, "
                    f"at most {MAX_EPOCHS} passes over ~{corpus_tokens:,.0f} tokens of text)")
     lr = learning_rate(chosen.d_model)
-    steps_bound = int(2 * speeds[chosen.name] * budget_s / (batch * context)) + 10
+    budget_steps = int(2 * speeds[chosen.name] * budget_s / (batch * context)) + 10
+    passes_steps = max(1, math.ceil(MAX_EPOCHS * corpus_tokens / (batch * context)))
+    steps_bound = min(budget_steps, passes_steps)
     train_config = TrainConfig(
         steps=steps_bound, batch_size=batch, context=context, lr=lr, min_lr=lr / 10,
         warmup=min(100, steps_bound // 20), schedule="wsd", time_budget_minutes=budget_s / 60,
@@ -186,7 +193,11 @@ def choose(corpus_bytes: int, budget_s: float, *, vocab_size: int | None = None,
         "batch": f"{batch} × {context} tokens: " + ("short budgets want many small updates" if context == 128
                                                      else "a longer budget affords longer context"),
         "lr": f"{lr:.2g}: {LR_WIDTH} / √{chosen.d_model} (capped to [{LR_MIN}, {LR_MAX}]); min_lr lr/10",
-        "steps": "sized to the budget by the time-aware WSD schedule; `steps` is only an upper bound",
+        "steps": ("sized to the budget by the time-aware WSD schedule; `steps` is only an upper bound"
+                  if steps_bound == budget_steps else
+                  f"{steps_bound}: {MAX_EPOCHS} passes over ~{corpus_tokens:,.0f} tokens of text, which the budget "
+                  "outlasts; the run ends early, since more passes over the same text made held-out loss worse "
+                  "(docs/recipe-study.md)"),
         "candidates": rows,
     }
     return chosen, train_config, reasons

@@ -59,6 +59,17 @@ def test_a_small_text_caps_the_model_by_passes_over_it(known_speeds):
     assert little_text.d_model < with_text.d_model  # 4 passes over 200 kB cannot feed the big shape
 
 
+def test_a_budget_that_outlasts_the_text_ends_the_run_after_its_passes(known_speeds):
+    known_speeds({64: 50_000, 96: 50_000, 128: 50_000, 192: 50_000, 256: 50_000}, vocab=512)
+    _, short_budget, _ = auto_recipe.choose(50_000_000, 60, vocab_size=512, bytes_per_token=2.5, log=lambda _: None)
+    _, long_budget, reasons = auto_recipe.choose(200_000, 540, vocab_size=512, bytes_per_token=2.5,
+                                                 log=lambda _: None)
+    passes = auto_recipe.MAX_EPOCHS * 200_000 / 2.5  # tokens in MAX_EPOCHS passes over the text
+    assert long_budget.steps == -(-passes // (long_budget.batch_size * long_budget.context))
+    assert f"{auto_recipe.MAX_EPOCHS} passes" in reasons["steps"]
+    assert short_budget.steps * short_budget.batch_size * short_budget.context > 60 * 50_000  # the budget decides
+
+
 def run_cli(argv, capsys):
     try:
         status = cli.main(argv)
