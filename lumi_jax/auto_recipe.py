@@ -45,10 +45,12 @@ CANDIDATE_SHAPES = ((64, 2, 2), (96, 3, 3), (128, 4, 4), (192, 4, 6), (256, 6, 8
 # worse than the grid's best. Both constants below were then set from that row, on the same
 # held-out text: a fit, to be confirmed on other text (docs/recipe-study.md).
 TOKENS_PER_PARAM = 2
-# Repeated data is worth nearly as much as new up to ~4 passes (Muennighoff et al., 2023); beyond,
-# a small model memorises a small text: in the study's 15-minute row, 17 passes over 1 MB ended
-# 0.26 bits per byte worse on held-out text than 7 passes at 5 minutes (docs/recipe-study.md).
-MAX_EPOCHS = 4
+# Passes over the text: the shape must see TOKENS_PER_PARAM tokens within them, and training stops
+# at them. Repeated data is worth nearly as much as new for ~4 passes (Muennighoff et al., 2023),
+# but these small models kept gaining beyond: in the study's 5-minute row the best point made ~9
+# passes over 1 MB, while ~22 passes in the 15-minute row ended 0.26 bits per byte worse on the
+# held-out text (docs/recipe-study.md). Set from those rows: in-sample, like the constants above.
+MAX_EPOCHS = 8
 BYTES_PER_VOCAB_ID = 500  # vocabulary ≈ corpus bytes / 500 (1 MB → 2048), a power of two in [512, 32000]
 LR_WIDTH, LR_MAX, LR_MIN = 0.024, 3e-3, 3e-4
 TRAINING_SHARE = 0.85  # of the budget, for update steps (the rest: compiling, evaluating, saving)
