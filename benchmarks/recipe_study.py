@@ -103,13 +103,17 @@ def model_file(work: Path, shape: str, vocab: int, context: int) -> Path:
     return path
 
 
-def train_and_score(work: Path, name: str, budget: float, vocab: int, flags: list[str], cut: TextCut) -> dict:
+def train_and_score(work: Path, name: str, budget: float, vocab: int, flags: list[str], cut: TextCut,
+                    data: Path | None = None) -> dict:
+    """Train one point into work/runs (or reuse it if it finished earlier) and score it on the
+    held-out split. `data`: a prepared dataset other than the book's cut (its own val split held out)."""
     run_dir = work / "runs" / f"{name}{cut.tag}-{budget:g}min"
     if (run_dir / "eval.json").is_file():  # finished earlier: the study resumes where it stopped
         return json.loads((run_dir / "result.json").read_text())
     if run_dir.exists():
         subprocess.run(["rm", "-rf", str(run_dir)], check=True)
-    command = [sys.executable, "-m", "lumi_jax.cli", "train", "--data", str(dataset(work, vocab, cut)), "--out", str(run_dir),
+    command = [sys.executable, "-m", "lumi_jax.cli", "train", "--data", str(data or dataset(work, vocab, cut)),
+               "--out", str(run_dir),
                "--time-budget", f"{budget:g}", "--eval-every", "0", "--quiet", *flags]
     started = time.perf_counter()
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
