@@ -23,24 +23,16 @@ import sys
 import time
 from pathlib import Path
 
-from host import cpu_model  # benchmarks/host.py, beside this script
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-from lumi_jax.cpu_devices import use_cpu_cores  # noqa: E402
-
-use_cpu_cores()  # as `lumi train` does
-
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
+from host import cpu_model  # benchmarks/host.py, beside this script
+from train_throughput import (  # beside this script; it shows a CPU's cores as devices
+    REPO_ROOT,
+    compiled_step,
+)
 
 from lumi_jax import model  # noqa: E402
-from lumi_jax import sharding as shard  # noqa: E402
 from lumi_jax.architecture import estimate_training_memory  # noqa: E402
 from lumi_jax.config import TrainConfig, load_model_config  # noqa: E402
-from lumi_jax.optim import make_optimizer  # noqa: E402
-from lumi_jax.step import initial_state, jit_train_step  # noqa: E402
 
 NEVER, ALWAYS = 1 << 62, 0  # FUSED_HEAD_ABOVE_BYTES for the plain and the fused head
 
@@ -49,16 +41,7 @@ def measure(model_name: str, batch: int, context: int, fuse_above: int, time_ste
     model.FUSED_HEAD_ABOVE_BYTES = fuse_above
     config = load_model_config(model_name)
     train_config = TrainConfig(steps=1000, batch_size=batch, context=context, warmup=10)
-    mesh = shard.make_mesh(batch_rows=batch)
-    state, shardings = initial_state(config, train_config, make_optimizer(train_config), mesh)
-    step = jit_train_step(config, train_config, mesh, shardings)
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(3, config.vocab_size, size=(batch, context + 1), dtype=np.int32)
-    batch_arrays = shard.put_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-                                    "weights": np.ones((batch, context), np.float32)}, mesh)
-    started = time.perf_counter()
-    compiled = step.lower(jax.eval_shape(lambda: state), jax.eval_shape(lambda: batch_arrays), None).compile()
-    compile_s = time.perf_counter() - started
+    compiled, state, batch_arrays, compile_s, _mesh = compiled_step(config, train_config)
     analysis = compiled.memory_analysis()
     row = {
         "head": "fused" if fuse_above == ALWAYS else "plain",

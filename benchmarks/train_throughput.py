@@ -59,23 +59,29 @@ def machine() -> dict:
             "jax": jax.__version__, "python": platform.python_version()}
 
 
-def measure(model_name: str, batch_size: int, context: int, dtype: str, steps: int, warmup: int,
-            grad_accum: int = 1, remat: str = "off") -> dict:
-    model = dataclasses.replace(load_model_config(model_name), dtype=dtype)
-    config = TrainConfig(steps=1000, batch_size=batch_size, context=context, warmup=10, dtype=dtype,
-                         grad_accum=grad_accum, remat=remat)
-    mesh = shard.make_mesh(batch_rows=batch_size // grad_accum)
-    optimizer = make_optimizer(config)
-    state, shardings = initial_state(model, config, optimizer, mesh)
+def compiled_step(model, config: TrainConfig):
+    """(compiled step, state, a batch of fixed random tokens, compile seconds, mesh): the step and
+    state exactly as `lumi train` builds them, compiled ahead of time. Shared with the other
+    benchmarks of the step (fused_head_memory.py)."""
+    batch_size, context = config.batch_size, config.context
+    mesh = shard.make_mesh(batch_rows=batch_size // config.grad_accum)
+    state, shardings = initial_state(model, config, make_optimizer(config), mesh)
     step_fn = jit_train_step(model, config, mesh, shardings)
     rng = np.random.default_rng(0)
     tokens = rng.integers(3, model.vocab_size, size=(batch_size, context + 1), dtype=np.int32)
     batch = shard.put_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
                              "weights": np.ones((batch_size, context), np.float32)}, mesh)
-
     started = time.perf_counter()
     compiled = step_fn.lower(jax.eval_shape(lambda: state), jax.eval_shape(lambda: batch), None).compile()
-    compile_s = time.perf_counter() - started
+    return compiled, state, batch, time.perf_counter() - started, mesh
+
+
+def measure(model_name: str, batch_size: int, context: int, dtype: str, steps: int, warmup: int,
+            grad_accum: int = 1, remat: str = "off") -> dict:
+    model = dataclasses.replace(load_model_config(model_name), dtype=dtype)
+    config = TrainConfig(steps=1000, batch_size=batch_size, context=context, warmup=10, dtype=dtype,
+                         grad_accum=grad_accum, remat=remat)
+    compiled, state, batch, compile_s, mesh = compiled_step(model, config)
     for _ in range(warmup):
         state, metrics = compiled(state, batch, None)
     jax.block_until_ready(metrics)
