@@ -78,7 +78,8 @@ from lumi_jax.step import (
 )
 
 PLAN_AFTER_STEPS = 6  # steps a time-budgeted run times before it sizes itself to the deadline
-PLAN_MARGIN = 0.92  # of the time left: the decay ends before the deadline, not cut by it (machines drift)
+DRIFT_SHARE = 0.02  # of the time left, kept back for a machine that slows down; the decay re-checks every step
+SPREAD_Z = 2.0  # standard deviations of the remaining steps' summed time kept back: the deadline rarely cuts
 REPLAN_EVERY = 10  # steps between re-sizings while the learning rate is constant
 EVAL_COST_PER_BATCH = 0.4  # an evaluation batch, in train steps (a forward pass, ~1/3 of one), until measured
 
@@ -554,18 +555,24 @@ class Trainer:
 
     def steps_that_fit(self, step: int, window: int) -> int:
         """The step count the run can reach before its deadline, at its recent speed. Counts the
-        evaluations ahead (the last one measured, or ~0.4 of a step per batch) and keeps a margin,
-        so the decay ends before the deadline rather than being cut by it: a share of the time left,
-        and the two slowest recent iterations (a save is a lump the share of a short remainder
-        would not cover)."""
+        evaluations ahead (the last one measured, or ~0.4 of a step per batch) and keeps back only
+        what the timing says is uncertain, because a step given up costs as much as the decay gains
+        at short budgets: one lump (the slowest recent iteration above the mean: the final save), two
+        standard deviations of the remaining steps' summed time, and a small share for drift. A
+        machine that slows down further is caught by shorten_decay_to_fit, every step of the decay."""
         config = self.train_config
-        slowest = max(self.iteration_times[1:][-window:] or self.iteration_times)
+        recent = np.asarray(self.iteration_times[1:][-window:] or self.iteration_times)
         # Process 0's clock for every process: plans made from different timings would differ.
-        step_time, left, eval_seconds, slowest = shard.from_process_0(
-            [self.recent_step_time(window), self.stopwatch.left(), self.eval_seconds, slowest])
+        # The spread from the median absolute deviation: the lumps (saves) are periodic, already in the
+        # mean, and would swell a plain standard deviation into steps given up for nothing.
+        spread = 1.4826 * float(np.median(np.abs(recent - np.median(recent))))
+        step_time, left, eval_seconds, slowest, spread = shard.from_process_0(
+            [self.recent_step_time(window), self.stopwatch.left(), self.eval_seconds, float(recent.max()), spread])
         eval_cost = eval_seconds or EVAL_COST_PER_BATCH * config.eval_batches * step_time
-        usable = PLAN_MARGIN * left - 2 * slowest - (eval_cost if config.eval_every else 0.0)
         per_step = step_time + (eval_cost / config.eval_every if config.eval_every else 0.0)
+        usable = left - (eval_cost if config.eval_every else 0.0)
+        remaining = max(usable / per_step, 1.0)  # for the size of the spread term only
+        usable -= DRIFT_SHARE * left + max(slowest - step_time, 0.0) + SPREAD_Z * spread * math.sqrt(remaining)
         return min(config.steps, step + max(1, int(usable / per_step)))
 
     def size_to_deadline(self, step: int) -> None:
@@ -581,8 +588,7 @@ class Trainer:
         # and a window between two of them would plan too many steps and the budget cut the decay.
         window = max(PLAN_AFTER_STEPS, steps_run // 10, min(self.train_config.save_every, steps_run - 1))
         if self.plan_frozen:
-            if steps_run % REPLAN_EVERY == 0:
-                self.shorten_decay_to_fit(step, window)
+            self.shorten_decay_to_fit(step, window)
             return
         first = not self.plan_decided
         if first or steps_run % REPLAN_EVERY == 0 or step >= self.plan.decay_start:
