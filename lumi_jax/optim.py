@@ -44,12 +44,16 @@ class SchedulePlan:
 
     @classmethod
     def over_steps(cls, config: TrainConfig, total_steps: int | None = None, done: int = 0) -> SchedulePlan:
-        """The decay over the last `decay_fraction` of `total_steps` (default: the config's steps).
-        A run too short for the configured warmup warms up over a tenth of it instead (never
-        shorter than the `done` steps already taken); a decay never starts before the warmup ends."""
+        """The decay over the last `decay_fraction` of `total_steps` (default: the config's steps),
+        after the configured warmup. A run too short for both keeps its decay and warms up until the
+        decay begins (never shorter than the `done` steps already taken). Until the decay, the
+        learning rate is then the one a cosine over many more steps would have: a budget cutting a
+        long cosine and this plan differ only in the decay at the end. (A warmup shrunk to a tenth
+        of a short run, as before, held the peak rate from step ~12 and lost to the cut cosine on the
+        book at tiny's ~130 steps: benchmarks/schedule_comparison.py.)"""
         total = config.steps if total_steps is None else total_steps
-        warmup = config.warmup if config.warmup < total // 2 else max(done, total // 10)
         decay = max(1, round(config.decay_fraction * total))
+        warmup = min(config.warmup, max(done, total - decay))
         return cls(warmup=warmup, decay_start=min(max(warmup, total - decay, done), total), decay_end=total)
 
     def arrays(self) -> dict[str, jax.Array]:

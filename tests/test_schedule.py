@@ -28,8 +28,11 @@ def test_wsd_warms_up_holds_then_decays_to_the_floor_by_the_last_update():
     config = TrainConfig(steps=100, lr=1e-3, warmup=10, min_lr=1e-4, schedule="wsd", decay_fraction=0.2)
     plan = SchedulePlan.over_steps(config)
     assert plan == SchedulePlan(warmup=10, decay_start=80, decay_end=100)
-    # a run the budget cuts short of its warmup warms up over a tenth of it, never behind what is done
-    assert SchedulePlan.over_steps(config, 15, done=6) == SchedulePlan(warmup=6, decay_start=12, decay_end=15)
+    # a short run keeps the configured warmup and its decay; too short for both, it warms up until
+    # the decay, never behind what is done
+    assert SchedulePlan.over_steps(config, 15, done=6) == SchedulePlan(warmup=10, decay_start=12, decay_end=15)
+    assert SchedulePlan.over_steps(config, 10, done=3) == SchedulePlan(warmup=8, decay_start=8, decay_end=10)
+    assert SchedulePlan.over_steps(config, 10, done=9) == SchedulePlan(warmup=9, decay_start=9, decay_end=10)
     lr = learning_rate_schedule(config, plan.to_dict())
     assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(5e-4)
     assert float(lr(10)) == float(lr(79)) == pytest.approx(1e-3)
