@@ -7,7 +7,7 @@ scored once, and every family next to its trivial baselines and the pretrained-o
 For each seed (data order, initialisation, fine-tuning):
 1. `lumi prepare --source sample` (the generated stories, the tiny shape's vocabulary), once;
 2. pretrain `tiny` as `make session-prototype` does (config/recipes/prototype.json, with its copy
-   warm-up; `--pretrain copy-free` drops the warm-up and gives its time to the stories), with the
+   warm-up and the WSD schedule a session's budget gives it; `--pretrain copy-free` drops the warm-up and gives its time to the stories), with the
    seed, into runs/<name>_pre-<pretrain>-s<seed>;
 3. `lumi prepare --source sample-instructions` with that tokenizer (train / dev / test splits of
    unseen combinations, equal shares of six families), once;
@@ -61,7 +61,9 @@ def machine() -> dict:
 
 
 def pretrain(stories: Path, out: Path, seed: int, kind: str, steps: int | None, copy_steps: int | None) -> dict:
-    config = load_train_config("prototype")
+    # The session passes a time budget, so its schedule resolves to WSD (train.py); with the default
+    # SESSION_TIME the budget never binds and the plan is WSD over the recipe's steps, which this is.
+    config = dataclasses.replace(load_train_config("prototype"), schedule="wsd")
     if copy_steps is not None:
         config = dataclasses.replace(config, copy_warmup_steps=copy_steps)
     changes = {"seed": seed, **({"steps": steps} if steps else {})}

@@ -551,7 +551,7 @@ class Trainer:
 
     def plan_to_deadline(self, step: int, window: int) -> SchedulePlan:
         """The steps that fit in the time left, with the decay over their last share (optim.py)."""
-        return SchedulePlan.over_steps(self.train_config, self.steps_that_fit(step, window), done=step)
+        return SchedulePlan.to_deadline(self.train_config, self.steps_that_fit(step, window), done=step)
 
     def steps_that_fit(self, step: int, window: int) -> int:
         """The step count the run can reach before its deadline, at its recent speed. Counts the
@@ -595,10 +595,13 @@ class Trainer:
             self.plan, self.plan_decided = self.plan_to_deadline(step, window), True
             self.text.end = self.plan.decay_end
         self.plan_frozen = step >= self.plan.decay_start
-        if first or self.plan_frozen:
+        if (first or self.plan_frozen) and self.plan.decays:
             self.display.note(f"time-aware schedule: {self.plan.decay_end} of {self.train_config.steps} steps fit in "
                               f"the budget; warmup {self.plan.warmup} steps, lr decays from step "
                               f"{self.plan.decay_start} to {self.plan.decay_end}")
+        elif first:
+            self.display.note(f"time-aware schedule: ~{self.plan.decay_end} steps fit in the budget, too few to anneal "
+                              f"after a {self.plan.warmup}-step warmup; lr holds at its peak to the deadline")
 
     def shorten_decay_to_fit(self, step: int, window: int) -> None:
         """A machine that slowed down during the decay: end the decay earlier, at the step the time

@@ -94,3 +94,15 @@ def test_a_resumed_budgeted_run_follows_its_recorded_decay(budgeted_run, micro_c
     assert again["schedule"] == summary["schedule"]
     for a, b in zip(jax.tree.leaves(load_run(out).params), jax.tree.leaves(load_run(resumed).params), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_budget_too_short_to_anneal_after_its_warmup_holds_the_peak_like_a_cut_cosine():
+    config = TrainConfig(steps=20_000, lr=1e-3, warmup=100, min_lr=1e-4, schedule="wsd", decay_fraction=0.2)
+    held = SchedulePlan.to_deadline(config, 137, done=6)  # 137 - 2 * 27 < 100: no room to hold, then anneal
+    assert held == SchedulePlan(warmup=100, decay_start=137, decay_end=137) and not held.decays
+    lr = learning_rate_schedule(config, held.to_dict())
+    assert float(lr(50)) == pytest.approx(5e-4) and float(lr(136)) == pytest.approx(1e-3)
+    # near its end the plan stays a hold: `done` squeezing the decay does not bring one back
+    assert not SchedulePlan.to_deadline(config, 140, done=130).decays
+    # long enough, it is the usual plan: warmup, hold, decay over the last fifth
+    assert SchedulePlan.to_deadline(config, 300, done=6) == SchedulePlan(warmup=100, decay_start=240, decay_end=300)
