@@ -55,9 +55,6 @@ GRIDS = {  # (shape, vocab, lr)
                      ("d128-l4", 4096, 2e-3), ("d192-l4", 2048, 2e-3)],
     # For 15 minutes: the two best shapes of the 5-minute row, the larger at two vocabularies.
     "long-budget": [("d128-l4", 2048, 2e-3), ("d192-l4", 1024, 2e-3), ("d192-l4", 2048, 2e-3)],
-    # The 2-minute row's best point, rerun beside `--recipe auto` (in a fresh --work) after a change
-    # to the loop or the schedule: does auto still land within 0.05 of it?
-    "recheck-2min": [("d96-l3", 2048, 2e-3)],
 }
 
 
@@ -205,7 +202,7 @@ def main() -> int:
                         help="full: every shape at vocab 512 with two lrs, and d96-l3 at 1024/2048; small: one lr "
                         "per shape at vocab 512; larger-vocab: the shapes the 2-minute row favoured, at vocab "
                         "1024-4096 (for budgets the full grid cannot afford); long-budget: the 5-minute row's two best "
-                        "shapes at 1024-2048, for 15 minutes; recheck-2min: the 2-minute row's best point alone")
+                        "shapes at 1024-2048, for 15 minutes")
     parser.add_argument("--text-offset", type=int, default=0, help="where the training text starts in the book (bytes)")
     parser.add_argument("--train-bytes", type=int, default=TRAIN_BYTES, help="how much training text (bytes)")
     args = parser.parse_args()

@@ -65,11 +65,10 @@ class SchedulePlan:
         bits/byte on the book and 0.024 on the stories, in every seed; a model that has only just
         reached its peak rate still gains more from it than from annealing. Later replans, with
         more steps fitting, may still bring the decay back."""
-        plan = cls.over_steps(config, total_steps, done)
         decay = max(1, round(config.decay_fraction * total_steps))  # the run's own, not squeezed by `done`
-        if total_steps - 2 * decay < config.warmup:
-            return cls(warmup=plan.warmup, decay_start=total_steps, decay_end=total_steps)
-        return plan
+        if total_steps - 2 * decay < config.warmup:  # the configured warmup, cut by the deadline if need be
+            return cls(warmup=config.warmup, decay_start=total_steps, decay_end=total_steps)
+        return cls.over_steps(config, total_steps, done)
 
     @property
     def decays(self) -> bool:

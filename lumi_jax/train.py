@@ -407,6 +407,8 @@ class Trainer:
         previous_loss = None
         while step < phase.end:
             started = time.perf_counter()
+            if next_batch is None:  # the phase's end moved past where it stood (a time-aware replan)
+                next_batch = phase.batch_at(step)
             self.state, metrics = phase.step_fn(self.state, next_batch)
             next_batch = phase.batch_at(step + 1) if step + 1 < phase.end else None
             if previous_loss is not None:

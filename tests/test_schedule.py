@@ -106,3 +106,15 @@ def test_a_budget_too_short_to_anneal_after_its_warmup_holds_the_peak_like_a_cut
     assert not SchedulePlan.to_deadline(config, 140, done=130).decays
     # long enough, it is the usual plan: warmup, hold, decay over the last fifth
     assert SchedulePlan.to_deadline(config, 300, done=6) == SchedulePlan(warmup=100, decay_start=240, decay_end=300)
+
+
+def test_a_budgeted_run_that_holds_its_peak_trains_to_the_deadline(micro_config, dataset_dir, tmp_path):
+    """A warmup longer than the budget allows: the plan holds (no decay) and keeps moving its end
+    as steps fit, so the run goes on past each planned end until the deadline stops it."""
+    config = dataclasses.replace(BUDGETED, warmup=90_000, save_every=100_000, time_budget_minutes=0.1)
+    summary = train(config, micro_config, dataset_dir, tmp_path / "run", show_progress=False)
+    assert summary["stop_reason"] == "time_budget", summary["message"]
+    assert summary["wall_time_s"] <= 1.05 * 60 * config.time_budget_minutes
+    assert summary["schedule"]["decay_start"] == summary["schedule"]["decay_end"]  # held: no decay planned
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "lr" in r]
+    assert len(lrs) > 20 and all(b > a for a, b in itertools.pairwise(lrs))  # still warming up, never decayed
