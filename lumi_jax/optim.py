@@ -52,7 +52,7 @@ class SchedulePlan:
         of a short run, as before, held the peak rate from step ~12 and lost to the cut cosine on the
         book at tiny's ~130 steps: benchmarks/schedule_comparison.py.)"""
         total = config.steps if total_steps is None else total_steps
-        decay = max(1, round(config.decay_fraction * total))
+        decay = cls.decay_length(config, total)
         warmup = min(config.warmup, max(done, total - decay))
         return cls(warmup=warmup, decay_start=min(max(warmup, total - decay, done), total), decay_end=total)
 
@@ -65,10 +65,14 @@ class SchedulePlan:
         bits/byte on the book and 0.024 on the stories, in every seed; a model that has only just
         reached its peak rate still gains more from it than from annealing. Later replans, with
         more steps fitting, may still bring the decay back."""
-        decay = max(1, round(config.decay_fraction * total_steps))  # the run's own, not squeezed by `done`
+        decay = cls.decay_length(config, total_steps)  # the run's own, not squeezed by `done`
         if total_steps - 2 * decay < config.warmup:  # the configured warmup, cut by the deadline if need be
             return cls(warmup=config.warmup, decay_start=total_steps, decay_end=total_steps)
         return cls.over_steps(config, total_steps, done)
+
+    @staticmethod
+    def decay_length(config: TrainConfig, total_steps: int) -> int:
+        return max(1, round(config.decay_fraction * total_steps))
 
     @property
     def decays(self) -> bool:

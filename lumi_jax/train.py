@@ -569,7 +569,7 @@ class Trainer:
         # mean, and would swell a plain standard deviation into steps given up for nothing.
         spread = 1.4826 * float(np.median(np.abs(recent - np.median(recent))))
         step_time, left, eval_seconds, slowest, spread = shard.from_process_0(
-            [self.recent_step_time(window), self.stopwatch.left(), self.eval_seconds, float(recent.max()), spread])
+            [float(recent.mean()), self.stopwatch.left(), self.eval_seconds, float(recent.max()), spread])
         eval_cost = eval_seconds or EVAL_COST_PER_BATCH * config.eval_batches * step_time
         per_step = step_time + (eval_cost / config.eval_every if config.eval_every else 0.0)
         usable = left - (eval_cost if config.eval_every else 0.0)
