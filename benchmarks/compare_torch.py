@@ -15,7 +15,9 @@ is reported with the spread.
     pip install -e '.[interop]'    # torch==2.13.0: a CPU wheel
     python benchmarks/compare_torch.py --workload tiny --rounds 5
 
-fp32, both cores: torch.set_num_threads(2), XLA's default thread pool. Run it on a quiet machine.
+fp32, both cores: torch.set_num_threads(2); lumi as `lumi train` runs it, one XLA device per core
+(lumi_jax/cpu_devices.py; results recorded before 2026-11-30 used one device). Run it on a
+quiet machine.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from lumi_jax.cpu_devices import use_cpu_cores  # noqa: E402
+
+use_cpu_cores()  # lumi as `lumi train` runs it: one XLA device per core (LUMI_CPU_DEVICES=1: one device)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -164,7 +170,7 @@ def main() -> int:
     model_name, batch, context = WORKLOADS[args.workload]
     config = load_model_config(model_name)
     train_config = TrainConfig(steps=1000, batch_size=batch, context=context, lr=1e-3, warmup=10)
-    mesh = shard.make_mesh()
+    mesh = shard.make_mesh(batch_rows=batch)
     state, shardings = initial_state(config, train_config, make_optimizer(train_config), mesh)
     rng = np.random.default_rng(0)
     tokens = rng.integers(3, config.vocab_size, size=(batch, context + 1), dtype=np.int64)
@@ -215,6 +221,7 @@ def main() -> int:
     report = {
         "workload": {"model": model_name, "batch": batch, "context": context, "dtype": "float32"},
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "lumi_devices": int(mesh.devices.size),
                     "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                     "jax": jax.__version__, "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "max_logit_difference": logit_difference,

@@ -132,6 +132,35 @@ def _masked_attention_bwd(residuals, d_out):
 
 masked_attention.defvjp(_masked_attention_fwd, _masked_attention_bwd)
 
+# A causal pass never attends above the diagonal, so the core runs one query block at a time
+# against the keys up to that block's end: with 4 blocks, 10 of the 16 score tiles. On this CPU
+# (benchmarks/attention_blocks.py, results/attention_blocks_*.json) 4 blocks of 64 made tiny's
+# step ~7% faster and left small's (4 × 256) unchanged; 2 blocks of 128 gave tiny the same but
+# slowed small by ~8%. Each block adds matmuls to compile, hence at most 8 of them.
+CAUSAL_BLOCK_ENV = "LUMI_CAUSAL_BLOCKS"  # an integer: override the number of query blocks (benchmarks)
+MIN_CAUSAL_BLOCK, MAX_CAUSAL_BLOCKS = 64, 8
+
+
+def causal_blocks(seq_len: int) -> int:
+    """How many query blocks a causal pass of `seq_len` tokens is cut into: blocks of at least
+    MIN_CAUSAL_BLOCK positions, at most MAX_CAUSAL_BLOCKS of them (each is its own matmuls)."""
+    override = os.environ.get(CAUSAL_BLOCK_ENV)
+    if override:
+        return max(1, min(int(override), seq_len))
+    return max(1, min(MAX_CAUSAL_BLOCKS, seq_len // MIN_CAUSAL_BLOCK))
+
+
+def causal_attention(q_BNGTK, k_BNTK, v_BNTK, mask_BTT, blocks: int):
+    """masked_attention for a mask that is causal (or stricter: segments inside it), computed
+    block row by block row; autodiff adds each block's key and value gradients together."""
+    T = q_BNGTK.shape[-2]
+    bounds = [round(T * i / blocks) for i in range(blocks + 1)]
+    outs = []
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        outs.append(masked_attention(q_BNGTK[..., start:end, :], k_BNTK[..., :end, :], v_BNTK[..., :end, :],
+                                     mask_BTT[:, start:end, :end]))
+    return outs[0] if blocks == 1 else jnp.concatenate(outs, axis=-2)
+
 ATTENTION_ENV = "LUMI_ATTENTION"  # "fused" or "custom": override the choice by platform (for tests)
 
 
@@ -173,7 +202,7 @@ class Attention(nn.Module):
         if layer_cache is None:  # training and scoring: heads first, the custom backward
             q_BNGTK = q_BTHK.reshape(B, T, N, G, K).transpose(0, 2, 3, 1, 4)
             k_BNSK, v_BNSK = k_BTNK.transpose(0, 2, 1, 3), v_BTNK.transpose(0, 2, 1, 3)
-            out_BNGTK = masked_attention(q_BNGTK, k_BNSK, v_BNSK, mask_BTS)
+            out_BNGTK = causal_attention(q_BNGTK, k_BNSK, v_BNSK, mask_BTS, causal_blocks(T))
             out_BTD = out_BNGTK.transpose(0, 3, 1, 2, 4).reshape(B, T, H * K).astype(compute_dtype(c))
             return _dense(c.d_model, "wo", c, out_std)(out_BTD), None
 

@@ -162,6 +162,35 @@ def test_attention_backward_equals_autodiff_of_the_plain_formulation():
         np.testing.assert_allclose(mine, theirs, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("blocks", [2, 5])
+def test_the_causal_core_by_query_blocks_equals_the_whole_core(blocks):
+    """Cutting a causal pass into query blocks (model.causal_attention) skips only masked
+    tiles: the same outputs and gradients as one block, with segments and uneven blocks."""
+    from lumi_jax.model import causal_attention
+
+    B, N, G, T, K = 2, 2, 2, 12, 8
+    keys = jax.random.split(jax.random.key(1), 4)
+    q = jax.random.normal(keys[0], (B, N, G, T, K))
+    k, v = jax.random.normal(keys[1], (B, N, T, K)), jax.random.normal(keys[2], (B, N, T, K))
+    segments = jnp.array([[0] * 5 + [1] * 7, [0] * 12])
+    mask = jnp.tril(jnp.ones((T, T), bool))[None] & (segments[:, :, None] == segments[:, None, :])
+    cotangent = jax.random.normal(keys[3], (B, N, G, T, K))
+
+    whole = jax.vjp(lambda q, k, v: causal_attention(q, k, v, mask, 1), q, k, v)
+    blocked = jax.vjp(lambda q, k, v: causal_attention(q, k, v, mask, blocks), q, k, v)
+    np.testing.assert_allclose(blocked[0], whole[0], atol=1e-6)
+    for mine, theirs in zip(blocked[1](cotangent), whole[1](cotangent), strict=True):
+        np.testing.assert_allclose(mine, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_causal_blocks_are_at_least_the_minimum_size_and_capped():
+    from lumi_jax.model import MAX_CAUSAL_BLOCKS, MIN_CAUSAL_BLOCK, causal_blocks
+
+    assert causal_blocks(16) == 1  # too short to cut
+    assert causal_blocks(256) == 256 // MIN_CAUSAL_BLOCK
+    assert causal_blocks(4096) == MAX_CAUSAL_BLOCKS
+
+
 def test_the_fused_attention_path_gives_the_same_logits_and_gradients(micro_config, monkeypatch):
     """The accelerator path (jax.nn.dot_product_attention) against the CPU's custom core."""
     params = init_params(micro_config, jax.random.key(0))
