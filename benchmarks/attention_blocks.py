@@ -60,7 +60,7 @@ def core_alone(calls: int = 20) -> list[dict]:
             seconds.append(time.perf_counter() - start)
         rows.append({"blocks": blocks, "median_ms": round(1e3 * statistics.median(seconds), 2),
                      "fastest_ms": round(1e3 * min(seconds), 2),
-                     "max_grad_difference": float(max(jnp.abs(a - b).max() for a, b in zip(grads, reference)))})
+                     "max_grad_difference": float(max(jnp.abs(a - b).max() for a, b in zip(grads, reference, strict=True)))})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
