@@ -112,13 +112,16 @@ def activation_elements_per_layer(config: ModelConfig, batch: int, seq: int) -> 
 
 
 def estimate_training_memory(
-    config: ModelConfig, batch: int, seq: int, dtype: str | None = None, remat: bool | str = False
+    config: ModelConfig, batch: int, seq: int, dtype: str | None = None, remat: bool | str = False,
+    fused_attention: bool | None = None,
 ) -> dict[str, int]:
     """Bytes for one training step of AdamW with float32 master parameters.
 
     Parameters, gradients and the two AdamW moments are float32 whatever the compute dtype.
     Activations are in the compute dtype, except the attention scores, softmax and logits, which
-    model.py keeps in float32. The logits count three times (logits, their softmax, their
+    model.py keeps in float32. With fused attention (a GPU's cuDNN kernel; by default where
+    model.fused_attention_wanted says training uses it) no scores are kept, only one float32
+    log-sum-exp per query row and head. The logits count three times (logits, their softmax, their
     gradient), for every position, or for one chunk of positions where training fuses the head
     with the loss (model.fused_head_chunk). With full rematerialisation (`remat` True or "full")
     only each block's input is kept, plus one block's full set while it is recomputed; with
@@ -130,7 +133,9 @@ def estimate_training_memory(
     n_params = closed_form_params(config)
     per_layer = activation_elements_per_layer(config, batch, seq)
     act_bytes = _bytes_per(dtype)
-    scores_bytes = per_layer["attention_scores"] * 4
+    if fused_attention is None:
+        fused_attention = model.fused_attention_wanted()
+    scores_bytes = (batch * config.n_heads * seq if fused_attention else per_layer["attention_scores"]) * 4
     other_bytes = (sum(per_layer.values()) - per_layer["attention_scores"]) * act_bytes
     one_layer = scores_bytes + other_bytes
     logits = 3 * batch * (model.fused_head_chunk(config, batch, seq) or seq) * config.vocab_size * 4

@@ -196,10 +196,15 @@ class Attention(nn.Module):
         out_std = 0.02 / math.sqrt(2 * c.n_layers)
 
         if layer_cache is None and fused_attention_wanted():  # a GPU: cuDNN's fused kernel
-            out_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTNK, v_BTNK, mask=mask_BTS[:, None])
+            # Plain causal (mask None): is_causal lets the kernel skip the tiles above the diagonal
+            # and never build a mask; packed segments need the mask.
+            out_BTHK = (jax.nn.dot_product_attention(q_BTHK, k_BTNK, v_BTNK, is_causal=True) if mask_BTS is None
+                        else jax.nn.dot_product_attention(q_BTHK, k_BTNK, v_BTNK, mask=mask_BTS[:, None]))
             out_BTD = out_BTHK.reshape(B, T, H * K).astype(compute_dtype(c))
             return _dense(c.d_model, "wo", c, out_std)(out_BTD), None
         if layer_cache is None:  # training and scoring: heads first, the custom backward
+            if mask_BTS is None:
+                mask_BTS = jnp.broadcast_to(jnp.tril(jnp.ones((T, T), dtype=bool)), (B, T, T))
             q_BNGTK = q_BTHK.reshape(B, T, N, G, K).transpose(0, 2, 3, 1, 4)
             k_BNSK, v_BNSK = k_BTNK.transpose(0, 2, 1, 3), v_BTNK.transpose(0, 2, 1, 3)
             out_BNGTK = causal_attention(q_BNGTK, k_BNSK, v_BNSK, mask_BTS, causal_blocks(T))
@@ -305,10 +310,10 @@ class Transformer(nn.Module):
 
         if cache is None:
             positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
-            causal_TT = jnp.tril(jnp.ones((T, T), dtype=bool))
-            mask_BTS = jnp.broadcast_to(causal_TT, (B, T, T))
+            mask_BTS = None  # plain causal: each attention core applies it its own way
             if segments_BT is not None:
-                mask_BTS = mask_BTS & (segments_BT[:, :, None] == segments_BT[:, None, :])
+                causal_TT = jnp.tril(jnp.ones((T, T), dtype=bool))
+                mask_BTS = causal_TT[None] & (segments_BT[:, :, None] == segments_BT[:, None, :])
             cache_index = None
         else:
             S = cache[0]["k"].shape[1]

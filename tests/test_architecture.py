@@ -124,3 +124,16 @@ def test_cli_table_report_runs_for_every_shipped_config(capsys, monkeypatch):
     for name in EXPECTED_PARAMS:
         assert name in out
     assert "6,163,712" in out and "LLaMA conformance" in out
+
+
+def test_training_memory_estimate_keeps_no_scores_where_attention_is_fused(monkeypatch):
+    """On a GPU training uses the fused kernel (model.fused_attention_wanted), which keeps one
+    log-sum-exp per query row and head instead of the B·H·T·T scores and their softmax."""
+    config = load_model_config("small")
+    batch, seq = 4, 1024
+    monkeypatch.setenv("LUMI_ATTENTION", "custom")
+    materialised = estimate_training_memory(config, batch, seq)["activations"]
+    monkeypatch.setenv("LUMI_ATTENTION", "fused")
+    fused = estimate_training_memory(config, batch, seq)["activations"]
+    scores_minus_lse = (2 * batch * config.n_heads * seq * seq - batch * config.n_heads * seq) * 4
+    assert materialised - fused == config.n_layers * scores_minus_lse

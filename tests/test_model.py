@@ -191,11 +191,13 @@ def test_causal_blocks_are_at_least_the_minimum_size_and_capped():
     assert causal_blocks(4096) == MAX_CAUSAL_BLOCKS
 
 
-def test_the_fused_attention_path_gives_the_same_logits_and_gradients(micro_config, monkeypatch):
-    """The accelerator path (jax.nn.dot_product_attention) against the CPU's custom core."""
+@pytest.mark.parametrize("packed", [True, False])
+def test_the_fused_attention_path_gives_the_same_logits_and_gradients(micro_config, monkeypatch, packed):
+    """The accelerator path (jax.nn.dot_product_attention: a mask for packed segments, is_causal
+    without them) against the CPU's custom core."""
     params = init_params(micro_config, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, micro_config.vocab_size)
-    segments = jnp.array([[0] * 6 + [1] * 10, [0] * 16])
+    segments = jnp.array([[0] * 6 + [1] * 10, [0] * 16]) if packed else None
 
     def loss(params):
         return jnp.mean(forward(micro_config, params, tokens, segments_BT=segments) ** 2)
