@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from lumi_jax.config import ModelConfig
+from lumi_jax.errors import UserError
 
 Cache = list[dict[str, jax.Array]]  # one {"k": k_BSNK, "v": v_BSNK} per layer
 
@@ -135,8 +136,8 @@ masked_attention.defvjp(_masked_attention_fwd, _masked_attention_bwd)
 # A causal pass never attends above the diagonal, so the core runs one query block at a time
 # against the keys up to that block's end: with 4 blocks, 10 of the 16 score tiles. On this CPU
 # (benchmarks/attention_blocks.py, results/attention_blocks_*.json) 4 blocks of 64 made tiny's
-# step ~7% faster and left small's (4 × 256) unchanged; 2 blocks of 128 gave tiny the same but
-# slowed small by ~8%. Each block adds matmuls to compile, hence at most 8 of them.
+# step ~6% faster and left small's (4 × 256) unchanged to ~5% slower; 2 blocks of 128 gave tiny
+# less and slowed small by ~8%. Each block adds matmuls to compile, hence at most 8 of them.
 CAUSAL_BLOCK_ENV = "LUMI_CAUSAL_BLOCKS"  # an integer: override the number of query blocks (benchmarks)
 MIN_CAUSAL_BLOCK, MAX_CAUSAL_BLOCKS = 64, 8
 
@@ -146,7 +147,10 @@ def causal_blocks(seq_len: int) -> int:
     MIN_CAUSAL_BLOCK positions, at most MAX_CAUSAL_BLOCKS of them (each is its own matmuls)."""
     override = os.environ.get(CAUSAL_BLOCK_ENV)
     if override:
-        return max(1, min(int(override), seq_len))
+        if not override.isdigit() or int(override) < 1:
+            raise UserError(f"{CAUSAL_BLOCK_ENV}={override!r} is not a number of blocks: set a positive integer, "
+                            "or unset it for the default")
+        return min(int(override), seq_len)
     return max(1, min(MAX_CAUSAL_BLOCKS, seq_len // MIN_CAUSAL_BLOCK))
 
 

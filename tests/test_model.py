@@ -191,6 +191,17 @@ def test_causal_blocks_are_at_least_the_minimum_size_and_capped():
     assert causal_blocks(4096) == MAX_CAUSAL_BLOCKS
 
 
+def test_a_wrong_causal_block_override_names_the_variable(monkeypatch):
+    from lumi_jax.errors import UserError
+    from lumi_jax.model import causal_blocks
+
+    monkeypatch.setenv("LUMI_CAUSAL_BLOCKS", "four")
+    with pytest.raises(UserError, match="LUMI_CAUSAL_BLOCKS='four'"):
+        causal_blocks(256)
+    monkeypatch.setenv("LUMI_CAUSAL_BLOCKS", "2")
+    assert causal_blocks(256) == 2
+
+
 @pytest.mark.parametrize("packed", [True, False])
 def test_the_fused_attention_path_gives_the_same_logits_and_gradients(micro_config, monkeypatch, packed):
     """The accelerator path (jax.nn.dot_product_attention: a mask for packed segments, is_causal
