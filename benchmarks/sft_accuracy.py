@@ -39,6 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from lumi_jax.config import load_model_config, load_train_config  # noqa: E402
+from lumi_jax.data import instructions  # noqa: E402
 from lumi_jax.data.instructions import held_out_examples  # noqa: E402
 from lumi_jax.data.prepare import prepare_dataset  # noqa: E402
 from lumi_jax.evaluate import exact_match  # noqa: E402
@@ -50,7 +51,12 @@ RESULT = REPO_ROOT / "benchmarks" / "results" / "sft_protocol.json"
 METHODS = {  # name -> changes to config/recipes/sft.json
     "shipped": {},
     "attempt15": {"steps": 1000, "batch_size": 16, "context": 128, "lr": 3e-3, "min_lr": 3e-4, "warmup": 50},
+    "story3": {},
 }
+# name -> the training mix of sample-instructions, where a method changes it (dev and test never
+# change: they are drawn from their own streams). story3: three shares of story questions, the
+# one family under its baseline, one share of each other family, in the same 600 steps.
+TRAIN_FAMILY_WEIGHTS = {"story3": {**instructions.FAMILY_WEIGHTS, "story": 3}}
 
 
 def machine() -> dict:
@@ -87,6 +93,17 @@ def fine_tune_seed(pretrained: Path, instructions: Path, out: Path, method: str,
     return json.loads((out / "summary.json").read_text())
 
 
+def prepare_instructions(out: Path, tokenizer: Path, weights: dict[str, int] | None) -> None:
+    """`lumi prepare --source sample-instructions` with the pretrained tokenizer; a method with its
+    own training mix sets the generator's weights for this call only."""
+    default = instructions.FAMILY_WEIGHTS
+    instructions.FAMILY_WEIGHTS = weights or default
+    try:
+        prepare_dataset("sample-instructions", out, tokenizer=tokenizer)
+    finally:
+        instructions.FAMILY_WEIGHTS = default
+
+
 def scored(run_dir: Path, examples: list[dict]) -> dict:
     run = load_run(run_dir)
     result = exact_match(run.model_config, run.params, run.tokenizer, examples)
@@ -112,7 +129,9 @@ def main() -> int:
     args = parser.parse_args()
     os.chdir(REPO_ROOT)
 
-    stories, instructions = Path(f"data/{args.name}_stories"), Path(f"data/{args.name}_instructions")
+    weights = TRAIN_FAMILY_WEIGHTS.get(args.method)
+    stories = Path(f"data/{args.name}_stories")
+    instructions_dir = Path(f"data/{args.name}_instructions" + (f"-{args.method}" if weights else ""))
     if not (stories / "meta.json").exists():
         prepare_dataset("sample", stories, vocab_size=load_model_config("tiny").vocab_size)
     shortened = "".join(f"-{flag}{value}" for flag, value in (("p", args.pretrain_steps), ("c", args.copy_warmup_steps),
@@ -122,11 +141,11 @@ def main() -> int:
         pretrained = Path(f"runs/{args.name}_pre-{args.pretrain}{shortened}-s{seed}")
         started = time.perf_counter()
         pretrain_summary = pretrain(stories, pretrained, seed, args.pretrain, args.pretrain_steps, args.copy_warmup_steps)
-        if not (instructions / "meta.json").exists():  # one tokenizer for every seed: the same stories
-            prepare_dataset("sample-instructions", instructions, tokenizer=pretrained / "tokenizer.model")
+        if not (instructions_dir / "meta.json").exists():  # one tokenizer for every seed: the same stories
+            prepare_instructions(instructions_dir, pretrained / "tokenizer.model", weights)
         tuned = Path(f"runs/{args.name}_{args.method}-{args.pretrain}{shortened}-s{seed}")
-        sft_summary = fine_tune_seed(pretrained, instructions, tuned, args.method, seed, args.sft_steps)
-        examples = held_out_examples(instructions, args.split)
+        sft_summary = fine_tune_seed(pretrained, instructions_dir, tuned, args.method, seed, args.sft_steps)
+        examples = held_out_examples(instructions_dir, args.split)
         per_seed.append({"seed": seed, "pretrained_run": str(pretrained), "fine_tuned_run": str(tuned),
                          "pretraining": {k: pretrain_summary[k] for k in ("steps", "final_val_loss", "wall_time_s")}
                          | {"copy_warmup": pretrain_summary.get("copy_warmup")},
@@ -155,7 +174,10 @@ def main() -> int:
     report["protocol"] = __doc__.split("\n\n")[0]
     report["measurements"][key] = {
         "command": " ".join([".venv/bin/python benchmarks/sft_accuracy.py", *sys.argv[1:]]),
-        "method": {"name": args.method, "recipe": "config/recipes/sft.json", "changes": METHODS[args.method]},
+        "method": {"name": args.method, "recipe": "config/recipes/sft.json", "changes": METHODS[args.method],
+                   "instructions": str(instructions_dir),
+                   "train_family_weights": json.loads((instructions_dir / "meta.json").read_text())
+                   .get("source_details", {}).get("train_family_weights")},
         "pretraining": {"recipe": "config/recipes/prototype.json", "kind": args.pretrain,
                         "steps_override": args.pretrain_steps, "copy_warmup_steps_override": args.copy_warmup_steps},
         "shipped_path": not (args.pretrain_steps or args.copy_warmup_steps is not None or args.sft_steps)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import random
 
 import pytest
 
@@ -90,6 +91,22 @@ def test_generation_is_deterministic_and_seeded():
     other = instructions.generate_splits(300, 12, seed=6)
     assert first == again
     assert first != other
+
+
+def test_family_weights_change_the_training_mix_only():
+    uniform = instructions.generate_splits(1200, 12, seed=3)
+    weighted = instructions.generate_splits(1200, 12, seed=3, family_weights={**instructions.FAMILY_WEIGHTS, "story": 3})
+    share = {name: sum(e.family == "story" for e in splits.train) / len(splits.train)
+             for name, splits in (("uniform", uniform), ("weighted", weighted))}
+    assert share["uniform"] == pytest.approx(1 / 6, abs=0.04)
+    assert share["weighted"] == pytest.approx(3 / 8, abs=0.05)
+    assert (weighted.dev, weighted.test) == (uniform.dev, uniform.test)  # held-out splits never move
+    # equal weights draw what a plain uniform choice of family drew
+    rng = random.Random(3)
+    plain = [e for e in (rng.choice(instructions.FAMILIES[rng.choice(list(instructions.FAMILIES))])(rng)
+                         for _ in range(50))]
+    rng = random.Random(3)
+    assert [instructions.draw(rng, instructions.FAMILY_WEIGHTS) for _ in range(50)] == plain
 
 
 def test_answers_are_right():

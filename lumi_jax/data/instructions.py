@@ -226,8 +226,14 @@ def split_of(combination: tuple, seed: int) -> str:
     return "test" if bucket < HELD_OUT_PER_MILLE else "dev" if bucket < 2 * HELD_OUT_PER_MILLE else "train"
 
 
-def draw(rng: random.Random) -> Example:
-    family = rng.choice(list(FAMILIES))
+# How many shares of the training examples each family gets (dev and test keep equal shares).
+# Equal shares draw the same stream as a plain uniform choice, so a seed's dataset is unchanged.
+FAMILY_WEIGHTS: dict[str, int] = {family: 1 for family in FAMILIES}
+
+
+def draw(rng: random.Random, family_weights: dict[str, int]) -> Example:
+    pool = [family for family in FAMILIES for _ in range(family_weights[family])]
+    family = rng.choice(pool)
     return rng.choice(FAMILIES[family])(rng)
 
 
@@ -238,7 +244,8 @@ class Splits:
     test: list[Example]
 
 
-def generate_splits(train_count: int, held_out_count: int, seed: int) -> Splits:
+def generate_splits(train_count: int, held_out_count: int, seed: int,
+                    family_weights: dict[str, int] | None = None) -> Splits:
     """Training, dev and test examples: disjoint combinations, each split its own stream.
 
     Training examples may repeat (a fact worth seeing twice); dev and test examples are distinct
@@ -247,10 +254,11 @@ def generate_splits(train_count: int, held_out_count: int, seed: int) -> Splits:
     if train_count < 1 or held_out_count < len(FAMILIES):
         raise UserError(f"asked for {train_count} training and {held_out_count} held-out examples; "
                         f"use at least 1 and {len(FAMILIES)} (--size-mb larger)")
+    weights = FAMILY_WEIGHTS if family_weights is None else family_weights
     rng = random.Random(seed)
     train: list[Example] = []
     while len(train) < train_count:
-        example = draw(rng)
+        example = draw(rng, weights)
         if split_of(example.combination, seed) == "train":
             train.append(example)
     held_out = {name: held_out_split(name, held_out_count, seed, stream)
@@ -311,6 +319,7 @@ def load_sample_instructions(spec: str, options: SourceOptions) -> Corpus:
         source=f"sample-instructions(examples={train_count}, seed={options.seed})",
         val_documents=[e.to_document() for e in splits.dev],
         details={"generator": "lumi_jax.data.instructions", "families": list(FAMILIES),
+                 "train_family_weights": dict(FAMILY_WEIGHTS),
                  "held_out": f"unseen combinations: about {HELD_OUT_PER_MILLE / 10:g}% of them in dev (the "
                              f"validation split), as many in test ({TEST_EXAMPLES_FILE})",
                  "train_examples": len(splits.train), "val_examples": len(splits.dev),
