@@ -179,9 +179,14 @@ def fused_attention_wanted() -> bool:
 
 
 class Attention(nn.Module):
-    """Causal self-attention with RoPE and grouped-query heads (N key/value heads, H ≥ N)."""
+    """Causal self-attention with RoPE and grouped-query heads (N key/value heads, H ≥ N).
+    `fused`: JAX's fused kernel (fused_attention_wanted); otherwise the custom core in
+    `query_blocks` blocks (causal_blocks). Both are fields, not read here from the environment,
+    because a traced layer is reused for every layer with the same fields (Transformer)."""
 
     config: ModelConfig
+    fused: bool = False
+    query_blocks: int = 1
 
     @nn.compact
     def __call__(self, x_BTD, rope, mask_BTS, layer_cache=None, cache_index=None):
@@ -199,7 +204,7 @@ class Attention(nn.Module):
         # Residual projections start smaller so the residual stream's variance stays ~1 in depth.
         out_std = 0.02 / math.sqrt(2 * c.n_layers)
 
-        if layer_cache is None and fused_attention_wanted():  # a GPU: cuDNN's fused kernel
+        if layer_cache is None and self.fused:  # a GPU: cuDNN's fused kernel
             # Plain causal (mask None): is_causal lets the kernel skip the tiles above the diagonal
             # and never build a mask; packed segments need the mask.
             out_BTHK = (jax.nn.dot_product_attention(q_BTHK, k_BTNK, v_BTNK, is_causal=True) if mask_BTS is None
@@ -211,7 +216,7 @@ class Attention(nn.Module):
                 mask_BTS = jnp.broadcast_to(jnp.tril(jnp.ones((T, T), dtype=bool)), (B, T, T))
             q_BNGTK = q_BTHK.reshape(B, T, N, G, K).transpose(0, 2, 3, 1, 4)
             k_BNSK, v_BNSK = k_BTNK.transpose(0, 2, 1, 3), v_BTNK.transpose(0, 2, 1, 3)
-            out_BNGTK = causal_attention(q_BNGTK, k_BNSK, v_BNSK, mask_BTS, causal_blocks(T))
+            out_BNGTK = causal_attention(q_BNGTK, k_BNSK, v_BNSK, mask_BTS, self.query_blocks)
             out_BTD = out_BNGTK.transpose(0, 3, 1, 2, 4).reshape(B, T, H * K).astype(compute_dtype(c))
             return _dense(c.d_model, "wo", c, out_std)(out_BTD), None
 
@@ -251,11 +256,13 @@ class SwiGLU(nn.Module):
 
 class Block(nn.Module):
     config: ModelConfig
+    fused_attention: bool = False
+    query_blocks: int = 1
 
     @nn.compact
     def __call__(self, x_BTD, rope, mask_BTS, layer_cache=None, cache_index=None):
         c = self.config
-        attention_out, new_cache = Attention(c, name="attention")(
+        attention_out, new_cache = Attention(c, self.fused_attention, self.query_blocks, name="attention")(
             RMSNorm(c.norm_eps, name="attention_norm")(x_BTD), rope, mask_BTS, layer_cache, cache_index
         )
         x_BTD = x_BTD + attention_out
@@ -267,6 +274,13 @@ class Block(nn.Module):
 # recomputed); dots: the outputs of the matmuls without batch dimensions, i.e. the projections
 # x·W (the costly part), while attention scores, norms and activations are recomputed.
 REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+INIT_BLOCK_CLASSES = {"off": Block} | {name: nn.remat(Block, policy=policy) for name, policy in REMAT_POLICIES.items()}
+# nn.jit: the layers share one traced function (their fields and shapes are the same), so tracing,
+# autodiff and lowering happen once instead of n_layers times, a shorter start for every jitted
+# step (benchmarks/compile_time.py); XLA inlines the calls, so the step runs the same. Made once,
+# here, so that its trace cache lasts across calls; what the environment chooses (fused
+# attention, query blocks) is a field of the layer, so it is part of that cache's key.
+BLOCK_CLASSES = {name: nn.jit(block_class) for name, block_class in INIT_BLOCK_CLASSES.items()}
 
 
 class Transformer(nn.Module):
@@ -327,11 +341,15 @@ class Transformer(nn.Module):
                 mask_BTS = mask_BTS & key_mask_BS[:, None, :]
 
         rope = rope_tables(rope_angles(positions_BT, c.head_dim, c.rope_theta))  # once, for every layer
-        block_class = Block if self.remat == "off" else nn.remat(Block, policy=REMAT_POLICIES[self.remat])
+        # Not at init: nn.jit derives the layers' random keys differently, and a seed must keep
+        # giving the weights it gave before.
+        block_class = (INIT_BLOCK_CLASSES if self.is_initializing() else BLOCK_CLASSES)[self.remat]
+        fused = cache is None and fused_attention_wanted()
+        query_blocks = 1 if cache is not None else causal_blocks(T)
         new_cache: Cache = []
         for i in range(c.n_layers):
             layer_cache = None if cache is None else cache[i]
-            x_BTD, layer_new_cache = block_class(c, name=f"layers_{i}")(
+            x_BTD, layer_new_cache = block_class(c, fused, query_blocks, name=f"layers_{i}")(
                 x_BTD, rope, mask_BTS, layer_cache, cache_index
             )
             new_cache.append(layer_new_cache)

@@ -202,6 +202,29 @@ def test_a_wrong_causal_block_override_names_the_variable(monkeypatch):
     assert causal_blocks(256) == 2
 
 
+def _layer_calls(config, params, tokens):
+    """The layers' jit calls in the forward pass's jaxpr (flax names a lifted jit core_fn)."""
+    jaxpr = jax.make_jaxpr(lambda p: forward(config, p, tokens))(params).jaxpr
+    return [eqn for eqn in jaxpr.eqns if eqn.primitive.name in ("jit", "pjit") and eqn.params["name"] == "core_fn"]
+
+
+def test_layers_share_one_trace_and_the_environment_is_part_of_its_key(micro_config, monkeypatch):
+    config = dataclasses.replace(micro_config, n_layers=3)
+    params = init_params(config, jax.random.key(0))
+    tokens = jnp.zeros((1, 128), jnp.int32)
+    calls = _layer_calls(config, params, tokens)
+    assert len(calls) == config.n_layers
+    assert all(call.params["jaxpr"] is calls[0].params["jaxpr"] for call in calls)  # traced once
+
+    def attention_cores(call):  # masked_attention is a custom_vjp: one call per query block
+        return sum("custom_vjp" in eqn.primitive.name for eqn in call.params["jaxpr"].jaxpr.eqns)
+
+    monkeypatch.setenv("LUMI_CAUSAL_BLOCKS", "1")
+    assert attention_cores(_layer_calls(config, params, tokens)[0]) == 1
+    monkeypatch.setenv("LUMI_CAUSAL_BLOCKS", "2")
+    assert attention_cores(_layer_calls(config, params, tokens)[0]) == 2  # a new trace, not a stale one
+
+
 @pytest.mark.parametrize("packed", [True, False])
 def test_the_fused_attention_path_gives_the_same_logits_and_gradients(micro_config, monkeypatch, packed):
     """The accelerator path (jax.nn.dot_product_attention: a mask for packed segments, is_causal
