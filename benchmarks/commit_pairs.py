@@ -1,0 +1,75 @@
+"""Training speed of this checkout against an earlier commit: did a change make the step slower?
+
+    .venv/bin/python benchmarks/commit_pairs.py --before REV [--cases tiny:8:256] [--repeats 4] [--out FILE]
+
+The earlier commit is checked out into a temporary git worktree. Each pair runs
+`train_throughput.py` from that worktree (A, with its own lumi_jax), then from this checkout (B),
+each in a fresh process, alternating, so a drifting machine load favours neither
+(benchmarks/paired.py). Ratio = this checkout's tokens/s over the earlier commit's; the result
+records both revisions, the machine and the load average, and goes to
+benchmarks/results/commit_pairs_<case>_cpu.json unless --out says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from host import cpu_model  # benchmarks/host.py, beside this script
+from paired import pairs  # benchmarks/paired.py
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True, help="the earlier commit (any git revision)")
+    parser.add_argument("--cases", nargs="+", default=["tiny:8:256"], help="MODEL:BATCH:CONTEXT")
+    parser.add_argument("--repeats", type=int, default=4, help="pairs per case")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per run")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    before = git("rev-parse", args.before)
+    after = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="lumi-before-") as scratch:
+        worktree = Path(scratch) / "before"
+        git("worktree", "add", "--detach", str(worktree), before)
+        try:
+            measured = {case: pairs(case, {}, {}, args.repeats, args.steps, ("before", "after"),
+                                    dirs=(worktree / "benchmarks", REPO_ROOT / "benchmarks"))
+                        for case in args.cases}
+        finally:
+            git("worktree", "remove", "--force", str(worktree))
+
+    result = {
+        "benchmark": "commit_pairs",
+        "command": " ".join(["commit_pairs.py", *sys.argv[1:]]),
+        "before": before, "after": after, "after_has_uncommitted_changes": dirty,
+        "method": "train_throughput.py from a worktree of `before`, then from this checkout, alternating, each in a "
+                  "fresh process; ratio = after tokens/s / before tokens/s",
+        "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0))},
+        "load_average_1min_before": round(load_before, 2),
+        "load_average_1min_after": round(os.getloadavg()[0], 2),
+        "cases": measured,
+    }
+    out = args.out or REPO_ROOT / "benchmarks" / "results" / f"commit_pairs_{args.cases[0].split(':')[0]}_cpu.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({case: m["median_ratio"] for case, m in measured.items()}))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
