@@ -7,7 +7,8 @@ scored once, and every family next to its trivial baselines and the pretrained-o
 For each seed (data order, initialisation, fine-tuning):
 1. `lumi prepare --source sample` (the generated stories, the tiny shape's vocabulary), once;
 2. pretrain `tiny` as `make session-prototype` does (config/recipes/prototype.json, with its copy
-   warm-up and the WSD schedule a session's budget gives it; `--pretrain copy-free` drops the warm-up and gives its time to the stories), with the
+   warm-up and the WSD schedule a session's budget gives it; `--pretrain copy-free` drops the warm-up and gives its time to the stories;
+   `--pretrain recall` makes half of the warm-up's rows key-value recall, copy_warmup.recall_rows), with the
    seed, into runs/<name>_pre-<pretrain>-s<seed>;
 3. `lumi prepare --source sample-instructions` with that tokenizer (train / dev / test splits of
    unseen combinations, equal shares of six families), once;
@@ -48,6 +49,7 @@ from lumi_jax.sft import fine_tune  # noqa: E402
 from lumi_jax.train import train  # noqa: E402
 
 RESULT = REPO_ROOT / "benchmarks" / "results" / "sft_protocol.json"
+RECALL_SHARE = 0.5  # --pretrain recall: the copy warm-up's rows that are key-value recall
 METHODS = {  # name -> changes to config/recipes/sft.json
     "shipped": {},
     "attempt15": {"steps": 1000, "batch_size": 16, "context": 128, "lr": 3e-3, "min_lr": 3e-4, "warmup": 50},
@@ -76,6 +78,8 @@ def pretrain(stories: Path, out: Path, seed: int, kind: str, steps: int | None, 
     if kind == "copy-free":  # the warm-up's steps go to the stories: the compute-matched control
         changes["steps"] = changes.get("steps", config.steps) + config.copy_warmup_steps
         changes["copy_warmup_steps"] = 0
+    if kind == "recall":  # the same warm-up steps, half of each batch key-value recall instead of copying
+        changes["recall_share"] = RECALL_SHARE
     config = dataclasses.replace(config, **changes)
     summary_path = out / "summary.json"
     if not (summary_path.exists() and json.loads(summary_path.read_text())["stop_reason"] == "completed"):
@@ -118,7 +122,7 @@ def spread(values: list[float]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", choices=tuple(METHODS), default="shipped")
-    parser.add_argument("--pretrain", choices=("prototype", "copy-free"), default="prototype")
+    parser.add_argument("--pretrain", choices=("prototype", "copy-free", "recall"), default="prototype")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--split", choices=("dev", "test"), default="dev",
                         help="dev for every choice; test once per final method")

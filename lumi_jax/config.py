@@ -259,6 +259,9 @@ class TrainConfig:
     decay_fraction: float = setting(0.2, "wsd: the share of the run's steps spent decaying to min_lr")
     copy_warmup_steps: int = setting(0, "a fresh run first trains this many steps on synthetic copying, so "
                                         "attention learns to read back (copy_warmup.py); 0 skips it")
+    recall_share: float = setting(0.0, "the share of the copy warm-up's rows that are key-value recall instead of "
+                                       "copying: each value stands before its key, and the key asks for it "
+                                       "(copy_warmup.py); 0 to 1, 0 copies only")
 
     # --- batch ---
     batch_size: int = setting(8, "global batch: sequences per update, over all devices and hosts")
@@ -312,6 +315,8 @@ class TrainConfig:
                  "use fewer warmup steps than training steps")
         if self.schedule not in SCHEDULES:
             fail("schedule", f"is '{self.schedule}'", f"use one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.recall_share <= 1:
+            fail("recall_share", f"is {self.recall_share}", "use a share between 0 and 1 (0: copying only)")
         if not 0 < self.decay_fraction <= 1:
             fail("decay_fraction", f"is {self.decay_fraction}", "use a share in (0, 1], typically 0.2")
         if not (0 < self.lr and math.isfinite(self.lr)):

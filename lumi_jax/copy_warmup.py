@@ -42,6 +42,27 @@ def copy_rows(rng: np.random.Generator, rows: int, span: int, vocab_size: int) -
     return {"inputs": sequence[:, :-1], "targets": sequence[:, 1:], "weights": weights}
 
 
+def recall_rows(rng: np.random.Generator, rows: int, span: int, vocab_size: int) -> dict[str, np.ndarray]:
+    """`rows` rows of key-value recall, as inputs / targets / weights (2·span each).
+
+    A row lists span/2 pairs as (value, key), then asks every key again in a shuffled order as
+    (key, value): each asked value stood *before* its key. The story questions need this ("Tom
+    has a blue kite" ... "What color is Tom's kite?" → the word before "kite"), and copying alone
+    does not teach it (docs/fine-tuning.md). Keys are distinct within a row; the weight is 1 where
+    the target is an asked value, the only tokens recall can predict."""
+    pairs = span // 2
+    ordinary = vocab_size - FIRST_ORDINARY_ID
+    keys = np.argsort(rng.random((rows, ordinary)), axis=1)[:, :pairs] + FIRST_ORDINARY_ID  # distinct per row
+    values = rng.integers(FIRST_ORDINARY_ID, vocab_size, size=(rows, pairs))
+    asked = np.argsort(rng.random((rows, pairs)), axis=1)
+    listed = np.stack([values, keys], axis=2).reshape(rows, 2 * pairs)
+    questions = np.stack([np.take_along_axis(keys, asked, 1), np.take_along_axis(values, asked, 1)], axis=2)
+    sequence = np.concatenate([listed, questions.reshape(rows, 2 * pairs), keys[:, :1]], axis=1).astype(np.int32)
+    weights = np.zeros((rows, 4 * pairs), np.float32)
+    weights[:, 2 * pairs::2] = 1.0  # inputs that are asked keys: their targets are the values
+    return {"inputs": sequence[:, :-1], "targets": sequence[:, 1:], "weights": weights}
+
+
 def warmup_config(train_config: TrainConfig, context: int) -> tuple[TrainConfig, int]:
     """The warm-up's own settings: the run's tokens per step in rows of 2·SPAN, split into the
     run's micro-batches (so it fits where the run fits), its peak lr held after 20 steps, no
@@ -64,7 +85,12 @@ def copy_batch_source(train_config: TrainConfig, context: int, vocab_size: int, 
     host_rows = config.batch_size // process_count
 
     def batch_at(step: int) -> dict[str, np.ndarray]:  # the global batch, then this process's rows of it
-        rows = copy_rows(np.random.default_rng([train_config.seed, 0, step]), config.batch_size, span, vocab_size)
+        rng = np.random.default_rng([train_config.seed, 0, step])
+        recall = round(train_config.recall_share * config.batch_size)
+        rows = copy_rows(rng, config.batch_size - recall, span, vocab_size)
+        if recall:  # after the copy rows, from the same generator: a share of 0 draws what it drew before
+            extra = recall_rows(rng, recall, span, vocab_size)
+            rows = {name: np.concatenate([rows[name], extra[name]]) for name in rows}
         return {name: value[process_index * host_rows:(process_index + 1) * host_rows] for name, value in rows.items()}
 
     return config, batch_at

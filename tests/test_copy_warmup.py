@@ -13,7 +13,9 @@ from lumi_jax.config import TrainConfig
 from lumi_jax.copy_warmup import (
     COPY_WARMUP_FILE,
     FIRST_ORDINARY_ID,
+    copy_batch_source,
     copy_rows,
+    recall_rows,
     warmup_config,
 )
 from lumi_jax.errors import UserError
@@ -39,6 +41,39 @@ def test_rows_repeat_a_random_span_and_weigh_only_what_copying_predicts():
     assert counted[:, 16:].all() and not counted[:, :16].any()
     # every counted target is the token that followed the same input in the first span
     assert np.array_equal(targets[:, 16:], targets[:, :16])
+
+
+def test_recall_rows_ask_each_key_for_the_value_listed_before_it():
+    rows = recall_rows(np.random.default_rng(1), rows=3, span=16, vocab_size=512)
+    inputs, targets, weights = rows["inputs"], rows["targets"], rows["weights"]
+    assert inputs.shape == targets.shape == weights.shape == (3, 32)
+    assert np.array_equal(targets[:, :-1], inputs[:, 1:])
+    assert inputs.min() >= FIRST_ORDINARY_ID and inputs.max() < 512
+    for row_inputs, row_targets, row_weights in zip(inputs, targets, weights, strict=True):
+        values, keys = row_inputs[:16:2], row_inputs[1:16:2]  # listed as (value, key)
+        assert len(set(keys.tolist())) == 8  # a key names one value
+        asked = np.flatnonzero(row_weights)
+        assert asked.tolist() == list(range(16, 32, 2))  # every key asked once, after the list
+        for position in asked:
+            key = row_inputs[position]
+            assert row_targets[position] == values[keys.tolist().index(key)]
+
+
+def test_a_recall_share_replaces_that_share_of_the_copy_rows_and_zero_changes_nothing():
+    config = dataclasses.replace(WARM_CONFIG, batch_size=8)
+    _, plain = copy_batch_source(config, 32, 512, 0, 1)
+    _, none = copy_batch_source(dataclasses.replace(config, recall_share=0.0), 32, 512, 0, 1)
+    _, half = copy_batch_source(dataclasses.replace(config, recall_share=0.5), 32, 512, 0, 1)
+    assert all(np.array_equal(plain(3)[name], none(3)[name]) for name in ("inputs", "targets", "weights"))
+    batch = half(3)
+    repeats = [np.array_equal(row[16:], row[:16]) for row in batch["inputs"]]
+    assert repeats == [True] * 4 + [False] * 4  # copy rows first, then recall rows
+    assert np.array_equal(batch["inputs"][:4], plain(3)["inputs"][:4])
+
+
+def test_a_recall_share_outside_zero_to_one_is_refused():
+    with pytest.raises(UserError, match="'recall_share' is 1.5"):
+        dataclasses.replace(WARM_CONFIG, recall_share=1.5).validate("recipe")
 
 
 def copy_nats(params, micro_config) -> float:
