@@ -109,9 +109,10 @@ def lora_forward(config: ModelConfig, params: dict, adapters: dict, scale: float
         return y + (scale * delta).astype(y.dtype)
 
     with nn.intercept_methods(add_adapter):
-        out, _ = Transformer(config, remat=remat).apply({"params": params}, tokens_BT, scored_N=scored_N,
-                                                        segments_BT=segments_BT, targets_BT=targets_BT,
-                                                        head_chunk=head_chunk)
+        # share_layer_trace off: the adapters are closed over, so one layer's trace cannot serve all.
+        model = Transformer(config, remat=remat, share_layer_trace=False)
+        out, _ = model.apply({"params": params}, tokens_BT, scored_N=scored_N, segments_BT=segments_BT,
+                             targets_BT=targets_BT, head_chunk=head_chunk)
     return out
 
 

@@ -274,13 +274,13 @@ class Block(nn.Module):
 # recomputed); dots: the outputs of the matmuls without batch dimensions, i.e. the projections
 # x·W (the costly part), while attention scores, norms and activations are recomputed.
 REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
-INIT_BLOCK_CLASSES = {"off": Block} | {name: nn.remat(Block, policy=policy) for name, policy in REMAT_POLICIES.items()}
+PLAIN_BLOCK_CLASSES = {"off": Block} | {name: nn.remat(Block, policy=policy) for name, policy in REMAT_POLICIES.items()}
 # nn.jit: the layers share one traced function (their fields and shapes are the same), so tracing,
 # autodiff and lowering happen once instead of n_layers times, a shorter start for every jitted
 # step (benchmarks/compile_time.py); XLA inlines the calls, so the step runs the same. Made once,
 # here, so that its trace cache lasts across calls; what the environment chooses (fused
 # attention, query blocks) is a field of the layer, so it is part of that cache's key.
-BLOCK_CLASSES = {name: nn.jit(block_class) for name, block_class in INIT_BLOCK_CLASSES.items()}
+BLOCK_CLASSES = {name: nn.jit(block_class) for name, block_class in PLAIN_BLOCK_CLASSES.items()}
 
 
 class Transformer(nn.Module):
@@ -289,6 +289,9 @@ class Transformer(nn.Module):
 
     config: ModelConfig
     remat: str = "off"
+    # The layers share one traced function (BLOCK_CLASSES). A method interceptor that closes over
+    # arrays (LoRA's adapters, lora.py) must turn this off: the shared trace cannot see them.
+    share_layer_trace: bool = True
 
     @nn.compact
     def __call__(
@@ -343,7 +346,8 @@ class Transformer(nn.Module):
         rope = rope_tables(rope_angles(positions_BT, c.head_dim, c.rope_theta))  # once, for every layer
         # Not at init: nn.jit derives the layers' random keys differently, and a seed must keep
         # giving the weights it gave before.
-        block_class = (INIT_BLOCK_CLASSES if self.is_initializing() else BLOCK_CLASSES)[self.remat]
+        shared = self.share_layer_trace and not self.is_initializing()
+        block_class = (BLOCK_CLASSES if shared else PLAIN_BLOCK_CLASSES)[self.remat]
         fused = cache is None and fused_attention_wanted()
         query_blocks = 1 if cache is not None else causal_blocks(T)
         new_cache: Cache = []
