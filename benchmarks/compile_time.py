@@ -1,6 +1,6 @@
 """Compile time of the real train step, cold and with the persistent compile cache warm.
 
-    .venv/bin/python benchmarks/compile_time.py [--case tiny:8:256] [--repeats 3] [--out FILE]
+    .venv/bin/python benchmarks/compile_time.py [--case tiny:8:256] [--repeats 3] [--devices one|cores] [--out FILE]
 
 Each measurement runs in a fresh Python process, as a user's `lumi train` would start:
 
@@ -10,8 +10,10 @@ Each measurement runs in a fresh Python process, as a user's `lumi train` would 
 A process builds the state and the jitted step exactly as `lumi train` does (lumi_jax.step), then
 times `lower` (tracing to StableHLO) and `compile` (XLA, or a cache hit) apart, the two calls
 `Trainer` makes before the loop. Process start-up and imports are not counted; they are shown
-apart (`import_s`). The issue's targets: tiny's step ≤ 4 s cold and ≤ 1 s warm.
-Writes benchmarks/results/compile_time_<platform>.json with the machine and its load.
+apart (`import_s`). The issue's targets: tiny's step ≤ 4 s cold and ≤ 1 s warm. `--devices
+cores` starts each process with one XLA device per core, as `lumi train` does on a CPU (the
+default, one device, keeps the earlier figures comparable). Writes
+benchmarks/results/compile_time_<platform>[_cores].json with the machine and its load.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ CHILD = r"""
 import json, sys, time
 started = time.perf_counter()
 sys.path.insert(0, sys.argv[1])
+if sys.argv[5] == "cores":  # as `lumi train` starts: one XLA device per core (lumi_jax/cpu_devices.py)
+    from lumi_jax.cpu_devices import use_cpu_cores
+    use_cpu_cores()
 import jax, numpy as np
 from lumi_jax import sharding as shard
 from lumi_jax.config import TrainConfig, load_model_config
@@ -61,9 +66,9 @@ print(json.dumps({"import_s": import_s, "lower_s": lower_s, "compile_s": compile
 """
 
 
-def one_process(case: tuple[str, int, int], cache_dir: Path) -> dict:
+def one_process(case: tuple[str, int, int], cache_dir: Path, devices: str) -> dict:
     env = {**os.environ, "LUMI_COMPILE_CACHE": str(cache_dir), "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "")}
-    done = subprocess.run([sys.executable, "-c", CHILD, str(REPO_ROOT), *map(str, case)], env=env,
+    done = subprocess.run([sys.executable, "-c", CHILD, str(REPO_ROOT), *map(str, case), devices], env=env,
                           capture_output=True, text=True, check=True)
     timing = json.loads(done.stdout.strip().splitlines()[-1])
     timing["lower_plus_compile_s"] = timing["lower_s"] + timing["compile_s"]
@@ -74,6 +79,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", default="tiny:8:256", help="model:batch:context")
     parser.add_argument("--repeats", type=int, default=3, help="cold/warm pairs, each with a new cache directory")
+    parser.add_argument("--devices", choices=("one", "cores"), default="one",
+                        help="one XLA device (as the earlier figures), or one per core as `lumi train` runs")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     name, batch, context = args.case.split(":")
@@ -83,8 +90,8 @@ def main() -> int:
     pairs = []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="lumi-compile-cache-") as cache_dir:
-            cold = one_process(case, Path(cache_dir))
-            warm = one_process(case, Path(cache_dir))
+            cold = one_process(case, Path(cache_dir), args.devices)
+            warm = one_process(case, Path(cache_dir), args.devices)
             pairs.append({"cold": cold, "warm": warm})
             print(json.dumps(pairs[-1]), flush=True)
 
@@ -95,7 +102,8 @@ def main() -> int:
 
     result = {
         "benchmark": "compile_time",
-        "case": {"model": name, "batch_size": case[1], "context": case[2], "dtype": "float32"},
+        "case": {"model": name, "batch_size": case[1], "context": case[2], "dtype": "float32",
+                 "devices": "one per core, as lumi train" if args.devices == "cores" else "one"},
         "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "device": jax.devices()[0].platform, "jax": jax.__version__,
                     "load_average_start": load_start, "load_average_end": os.getloadavg()},
@@ -107,7 +115,8 @@ def main() -> int:
         "targets_s": {"cold": 4.0, "warm": 1.0},
         "pairs": pairs,
     }
-    out = args.out or REPO_ROOT / "benchmarks" / "results" / f"compile_time_{result['machine']['device']}.json"
+    suffix = "_cores" if args.devices == "cores" else ""
+    out = args.out or REPO_ROOT / "benchmarks" / "results" / f"compile_time_{result['machine']['device']}{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["median"], indent=2))
     print(f"wrote {out}")
