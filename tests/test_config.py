@@ -86,7 +86,7 @@ def test_a_run_config_written_before_the_fields_were_regrouped_still_loads():
               "save_every": 100, "keep_checkpoints": 3, "eval_every": 100, "eval_batches": 8, "log_every": 10,
               "mesh_data": 0, "mesh_fsdp": 1, "tensorboard": False, "description": ""}
     config = train_config_from_dict(stored, "runs/old/config.json")
-    added_since = {"schedule": "auto", "decay_fraction": 0.2}  # fields new runs have; old ones load with defaults
+    added_since = {"schedule": "auto", "decay_fraction": 0.2, "recall_share": 0.0}  # old runs load with defaults
     assert config.to_dict() == stored | added_since | {"remat": "off"}  # remat was a yes/no before its policies
     assert train_config_from_dict({**stored, "remat": True}, "old").remat == "full"
     assert set(TrainConfig().to_dict()) == set(stored) | set(added_since)
