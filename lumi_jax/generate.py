@@ -41,7 +41,7 @@ from lumi_jax.config import ModelConfig
 from lumi_jax.data import template
 from lumi_jax.data.tokenizer import BOS_ID, EOS_ID
 from lumi_jax.errors import UserError
-from lumi_jax.model import Transformer, init_cache
+from lumi_jax.model import Transformer, decoding_params, init_cache
 from lumi_jax.runs import latest_run, load_run
 
 MIN_PROMPT_BUCKET = 8
@@ -184,10 +184,17 @@ def sample_tokens(logits_BV, key, temperature, top_k, top_p, greedy) -> jax.Arra
     def filtered_draw(logits_BV):
         return draw(filter_logits(logits_BV, temperature, top_k, top_p), key)
 
-    def arg_max(logits_BV):
-        return jnp.argmax(logits_BV, axis=-1)
-
     return jax.lax.cond(greedy | (temperature == 0), arg_max, filtered_draw, logits_BV).astype(jnp.int32)
+
+
+def arg_max(values_BV: jax.Array) -> jax.Array:
+    """jnp.argmax over the last axis (the first largest value; a NaN counts as the largest), as
+    two plain reductions: XLA:CPU runs jnp.argmax's paired value-and-index reduction over a
+    32,000-token vocabulary in ~140 µs, these in ~15 µs, at every decoding step."""
+    top_B1 = jnp.max(values_BV, axis=-1, keepdims=True)
+    V = values_BV.shape[-1]
+    is_top_BV = (values_BV == top_B1) | jnp.isnan(values_BV)
+    return jnp.min(jnp.where(is_top_BV, jnp.arange(V), V), axis=-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,6 +207,21 @@ _stream_listener: Callable[[int, np.ndarray], None] | None = None
 def _forward_stream(step, tokens_B) -> None:
     if _stream_listener is not None:
         _stream_listener(int(step), np.asarray(tokens_B))
+
+
+# The weights of the last call with their decoding layouts (model.decoding_params), and the
+# arrays they were made from: calls that each decode a few tokens (evaluation, chat) reuse them
+# instead of copying ~60 MB of weights each time (llama2.c's 15M shape).
+_decoding_layout: tuple[list, Any] | None = None
+
+
+def with_decoding_layout(params: Any, config: ModelConfig) -> Any:
+    global _decoding_layout
+    leaves = jax.tree.leaves(params)
+    if (_decoding_layout is None or len(_decoding_layout[0]) != len(leaves)
+            or any(a is not b for a, b in zip(_decoding_layout[0], leaves, strict=True))):
+        _decoding_layout = (leaves, decoding_params(params, config))
+    return _decoding_layout[1]
 
 
 @functools.partial(jax.jit, static_argnames=("config", "new_tokens_bucket", "stream"))
@@ -327,7 +349,7 @@ def generate_ids(
     _stream_listener = on_token
     try:
         out_BN, count = _decode(
-            params, prompt_BP, mask_BP, row_done_B, np.int32(max_new_tokens), jax.random.key(seed),
+            with_decoding_layout(params, config), prompt_BP, mask_BP, row_done_B, np.int32(max_new_tokens), jax.random.key(seed),
             np.float32(sampling.temperature), np.int32(sampling.top_k), np.float32(sampling.top_p),
             np.bool_(sampling.is_greedy), np.int32(eos_id),
             config=config, new_tokens_bucket=N, stream=on_token is not None)

@@ -24,6 +24,7 @@ tokens are written at `cache_index`, and queries attend to every slot up to thei
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from typing import Any
@@ -51,6 +52,53 @@ def _dense(features: int, name: str, config: ModelConfig, std: float) -> nn.Dens
         kernel_init=nn.initializers.normal(stddev=std),
         name=name,
     )
+
+
+# Decoding reads every weight once per token, in matrix-vector products bound by how fast the
+# weights stream from memory. `decoding_params` adds, next to the trained weights, copies laid out
+# for that (docs/benchmarks.md, decoding): each group of projections of one input joined side by
+# side (one wider product streams faster than several narrow ones), and a tied head as (D, V).
+PROJECTION_GROUPS = {"attention": ("wq", "wk", "wv"), "mlp": ("w1", "w3")}
+TIED_HEAD_DV = "tied_head_DV"
+
+
+def joined_name(names) -> str:
+    return "+".join(names)
+
+
+def decoding_params(params: dict, config: ModelConfig) -> dict:
+    """`params` plus the decoding layouts above (the originals untouched, so training code and
+    checkpoints never see them). The model uses them when it runs with a cache."""
+    out = dict(params)
+    for i in range(config.n_layers):
+        layer = dict(out[f"layers_{i}"])
+        for group_name, names in PROJECTION_GROUPS.items():
+            group = dict(layer[group_name])
+            group[joined_name(names)] = {"kernel": jnp.concatenate([group[n]["kernel"] for n in names], axis=1)}
+            layer[group_name] = group
+        out[f"layers_{i}"] = layer
+    if config.tie_embeddings:
+        out[TIED_HEAD_DV] = jnp.transpose(params["embed"]["embedding"])
+    return out
+
+
+def projections(module: nn.Module, x: jax.Array, kernels: list[tuple[str, int, float]], one_product: bool) -> list[jax.Array]:
+    """x·W for each (name, features, init std) in `kernels`: one bias-free nn.Dense per name.
+
+    `one_product` (decoding): one product with the kernels side by side, the same sums, from the
+    joined kernel of decoding_params when there is one (else joined here). It reads the kernels
+    directly, so a method interceptor on nn.Dense (LoRA's, lora.py) does not see it: decoding
+    runs on merged weights.
+    """
+    if not one_product or module.is_initializing():
+        return [_dense(features, name, module.config, std)(x) for name, features, std in kernels]
+    dtype = compute_dtype(module.config)
+    weights = module.variables["params"]
+    names = [name for name, _, _ in kernels]
+    joined = (weights[joined_name(names)]["kernel"] if joined_name(names) in weights
+              else jnp.concatenate([weights[name]["kernel"] for name in names], axis=1))
+    out = x.astype(dtype) @ joined.astype(dtype)
+    return jnp.split(out, list(itertools.accumulate(features for _, features, _ in kernels))[:-1], axis=-1)
 
 
 class RMSNorm(nn.Module):
@@ -194,9 +242,9 @@ class Attention(nn.Module):
         H, N, K = c.n_heads, c.kv_heads, c.head_dim
         B, T, _ = x_BTD.shape
         std = 0.02
-        q_BTHK = _dense(H * K, "wq", c, std)(x_BTD).reshape(B, T, H, K)
-        k_BTNK = _dense(N * K, "wk", c, std)(x_BTD).reshape(B, T, N, K)
-        v_BTNK = _dense(N * K, "wv", c, std)(x_BTD).reshape(B, T, N, K)
+        q_BTD, k_BTD, v_BTD = projections(self, x_BTD, [("wq", H * K, std), ("wk", N * K, std), ("wv", N * K, std)],
+                                          one_product=layer_cache is not None)
+        q_BTHK, k_BTNK, v_BTNK = q_BTD.reshape(B, T, H, K), k_BTD.reshape(B, T, N, K), v_BTD.reshape(B, T, N, K)
 
         q_BTHK = apply_rope(q_BTHK, *rope)
         k_BTNK = apply_rope(k_BTNK, *rope)
@@ -220,24 +268,25 @@ class Attention(nn.Module):
             out_BTD = out_BNGTK.transpose(0, 3, 1, 2, 4).reshape(B, T, H * K).astype(compute_dtype(c))
             return _dense(c.d_model, "wo", c, out_std)(out_BTD), None
 
-        new_cache = None
-        if layer_cache is not None:
-            # Write this call's keys and values into the fixed-size cache, then attend to it all;
-            # the mask hides the slots that are not yet written.
-            start = (0, cache_index, 0, 0)
-            k_BSNK = jax.lax.dynamic_update_slice(layer_cache["k"], k_BTNK.astype(layer_cache["k"].dtype), start)
-            v_BSNK = jax.lax.dynamic_update_slice(layer_cache["v"], v_BTNK.astype(layer_cache["v"].dtype), start)
-            new_cache = {"k": k_BSNK, "v": v_BSNK}
-        else:
-            k_BSNK, v_BSNK = k_BTNK, v_BTNK
-
-        q_BTNGK = q_BTHK.reshape(B, T, N, G, K)
-        scores_BNGTS = jnp.einsum("btngk,bsnk->bngts", q_BTNGK, k_BSNK.astype(q_BTNGK.dtype))
-        scores_BNGTS = scores_BNGTS.astype(jnp.float32) / math.sqrt(K)
+        # Decoding with a cache: write this call's keys and values into it, then attend to every
+        # slot (the mask hides those not yet written). The cache keeps batch and heads as one
+        # axis, keys as (K, S) and values as (S, K): the layouts its two products read, so XLA
+        # neither transposes nor copies it at each step, and updates it in place.
+        S = layer_cache["v"].shape[1]
+        k_XKS = jax.lax.dynamic_update_slice(
+            layer_cache["k"], k_BTNK.transpose(0, 2, 3, 1).reshape(B * N, K, T).astype(layer_cache["k"].dtype),
+            (0, 0, cache_index))
+        v_XSK = jax.lax.dynamic_update_slice(
+            layer_cache["v"], v_BTNK.transpose(0, 2, 1, 3).reshape(B * N, T, K).astype(layer_cache["v"].dtype),
+            (0, cache_index, 0))
+        q_XQK = q_BTHK.reshape(B, T, N, G, K).transpose(0, 2, 3, 1, 4).reshape(B * N, G * T, K)
+        scores_XQS = jnp.einsum("xqk,xks->xqs", q_XQK, k_XKS.astype(q_XQK.dtype))
+        scores_BNGTS = scores_XQS.reshape(B, N, G, T, S).astype(jnp.float32) / math.sqrt(K)
         scores_BNGTS = jnp.where(mask_BTS[:, None, None, :, :], scores_BNGTS, jnp.finfo(jnp.float32).min)
-        weights_BNGTS = jax.nn.softmax(scores_BNGTS, axis=-1).astype(v_BSNK.dtype)
-        out_BTNGK = jnp.einsum("bngts,bsnk->btngk", weights_BNGTS, v_BSNK)
-        out_BTD = out_BTNGK.reshape(B, T, H * K).astype(compute_dtype(c))
+        weights_XQS = jax.nn.softmax(scores_BNGTS, axis=-1).astype(v_XSK.dtype).reshape(B * N, G * T, S)
+        out_XQK = jnp.einsum("xqs,xsk->xqk", weights_XQS, v_XSK)
+        out_BTD = out_XQK.reshape(B, N, G, T, K).transpose(0, 3, 1, 2, 4).reshape(B, T, H * K).astype(compute_dtype(c))
+        new_cache = {"k": k_XKS, "v": v_XSK}
         return _dense(c.d_model, "wo", c, out_std)(out_BTD), new_cache
 
 
@@ -247,10 +296,9 @@ class SwiGLU(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BTD):
+    def __call__(self, x_BTD, one_product: bool = False):
         c = self.config
-        gate_BTF = _dense(c.ffn_dim, "w1", c, 0.02)(x_BTD)
-        up_BTF = _dense(c.ffn_dim, "w3", c, 0.02)(x_BTD)
+        gate_BTF, up_BTF = projections(self, x_BTD, [("w1", c.ffn_dim, 0.02), ("w3", c.ffn_dim, 0.02)], one_product)
         return _dense(c.d_model, "w2", c, 0.02 / math.sqrt(2 * c.n_layers))(nn.silu(gate_BTF) * up_BTF)
 
 
@@ -266,7 +314,8 @@ class Block(nn.Module):
             RMSNorm(c.norm_eps, name="attention_norm")(x_BTD), rope, mask_BTS, layer_cache, cache_index
         )
         x_BTD = x_BTD + attention_out
-        x_BTD = x_BTD + SwiGLU(c, name="mlp")(RMSNorm(c.norm_eps, name="mlp_norm")(x_BTD))
+        x_BTD = x_BTD + SwiGLU(c, name="mlp")(RMSNorm(c.norm_eps, name="mlp_norm")(x_BTD),
+                                              one_product=layer_cache is not None)
         return x_BTD, new_cache
 
 
@@ -337,7 +386,7 @@ class Transformer(nn.Module):
                 mask_BTS = causal_TT[None] & (segments_BT[:, :, None] == segments_BT[:, None, :])
             cache_index = None
         else:
-            S = cache[0]["k"].shape[1]
+            S = cache[0]["v"].shape[1]
             positions_BT = jnp.broadcast_to(cache_index + jnp.arange(T), (B, T))
             mask_BTS = jnp.arange(S)[None, None, :] <= positions_BT[:, :, None]
             if key_mask_BS is not None:
@@ -363,7 +412,12 @@ class Transformer(nn.Module):
             x_BTD = x_BTD.reshape(B * T, c.d_model)[scored_N]  # (N, D); the head maps any leading shape
         # The head accumulates in float32 whatever the compute dtype: bfloat16 logits would lose
         # the differences between likely tokens before the softmax sees them.
-        if c.tie_embeddings:
+        if c.tie_embeddings and cache is not None and TIED_HEAD_DV in self.variables["params"]:
+            head_DV = self.variables["params"][TIED_HEAD_DV].astype(x_BTD.dtype)
+
+            def head(x_D):
+                return jnp.einsum("...d,dv->...v", x_D, head_DV, preferred_element_type=jnp.float32)
+        elif c.tie_embeddings:
             head_VD = embed.embedding.astype(x_BTD.dtype)
 
             def head(x_D):
@@ -436,10 +490,12 @@ def fused_head_nats(x_BTD: jax.Array, head, targets_BT: jax.Array, chunk: int) -
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype: Any = None) -> Cache:
-    """An empty KV cache: per layer, k and v of shape (B, S, N, K)."""
+    """An empty KV cache of S = max_len slots: per layer, keys of shape (B·N, K, S) and values of
+    shape (B·N, S, K), the layouts that decoding's two products read (Attention)."""
     dtype = dtype or compute_dtype(config)
-    shape = (batch_size, max_len, config.kv_heads, config.head_dim)
-    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.n_layers)]
+    rows = batch_size * config.kv_heads
+    return [{"k": jnp.zeros((rows, config.head_dim, max_len), dtype),
+             "v": jnp.zeros((rows, max_len, config.head_dim), dtype)} for _ in range(config.n_layers)]
 
 
 def init_params(config: ModelConfig, rng: jax.Array) -> dict:

@@ -69,6 +69,24 @@ def test_cached_greedy_equals_greedy_recomputation(micro_config, spread_params, 
     assert not any(r.hit_eos for r in greedy_batch)
 
 
+def test_arg_max_is_jnp_argmax_with_ties_infinities_and_nans():
+    rng = np.random.default_rng(0)
+    rows = [rng.normal(size=300).astype(np.float32) for _ in range(4)]
+    rows[1][[17, 250]] = rows[1].max() + 1  # a tie: the first one wins
+    rows[2][:] = -np.inf
+    rows[3][[5, 90]] = np.nan  # NaN counts as the largest, the first one wins
+    values = jnp.asarray(np.stack(rows))
+    np.testing.assert_array_equal(generate.arg_max(values), jnp.argmax(values, axis=-1))
+    assert generate.arg_max(values).tolist() == [int(np.argmax(rows[0])), 17, 0, 5]
+
+
+def test_the_decoding_layout_is_made_once_per_set_of_weights(micro_config, spread_params):
+    first = generate.with_decoding_layout(spread_params, micro_config)
+    assert generate.with_decoding_layout(spread_params, micro_config) is first
+    changed = jax.tree.map(lambda leaf: leaf * 1.0, spread_params)
+    assert generate.with_decoding_layout(changed, micro_config) is not first
+
+
 def test_top_k_one_equals_greedy(micro_config, spread_params, greedy_batch):
     for seed in (0, 1):
         sampled = generate.generate_ids(micro_config, spread_params, PROMPTS, max_new_tokens=NEW_TOKENS,

@@ -82,15 +82,26 @@ def test_grouped_query_attention_equals_multi_head_with_repeated_kv_heads(micro_
                                forward(mha_config, mha_params, tokens), rtol=1e-5, atol=1e-5)
 
 
-def test_kv_cache_decoding_equals_the_full_forward_pass(micro_config, micro_params):
-    tokens = random_tokens(micro_config, 2, 16)
-    full = forward(micro_config, micro_params, tokens)
-    model = Transformer(micro_config)
-    cache = init_cache(micro_config, batch_size=2, max_len=32)
-    prefill, cache = model.apply({"params": micro_params}, tokens[:, :10], cache, 0)
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("layout", ["trained", "decoding"])
+def test_kv_cache_decoding_equals_the_full_forward_pass(micro_config, tied, layout):
+    """Prefill then one token at a time, with the weights as trained or with decoding_params'
+    joined projections and (tied) transposed head: the full pass's logits either way."""
+    config = dataclasses.replace(micro_config, tie_embeddings=tied)
+    params = init_params(config, jax.random.key(0))
+    tokens = random_tokens(config, 2, 16)
+    full = forward(config, params, tokens)
+    decoding = model.decoding_params(params, config) if layout == "decoding" else params
+    if layout == "decoding":
+        assert (model.TIED_HEAD_DV in decoding) == tied
+        assert "wq+wk+wv" in decoding["layers_0"]["attention"] and "w1+w3" in decoding["layers_1"]["mlp"]
+        assert "wq+wk+wv" not in params["layers_0"]["attention"]  # the trained weights are untouched
+    transformer = Transformer(config)
+    cache = init_cache(config, batch_size=2, max_len=32)
+    prefill, cache = transformer.apply({"params": decoding}, tokens[:, :10], cache, 0)
     pieces = [prefill]
     for t in range(10, 16):
-        logits, cache = model.apply({"params": micro_params}, tokens[:, t:t + 1], cache, t)
+        logits, cache = transformer.apply({"params": decoding}, tokens[:, t:t + 1], cache, t)
         pieces.append(logits)
     np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, rtol=1e-5, atol=1e-5)
 
