@@ -13,6 +13,7 @@ benchmarks/results/commit_pairs_<case>_cpu.json unless --out says otherwise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -30,6 +31,18 @@ def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
+@contextlib.contextmanager
+def worktree_of(revision: str):
+    """A temporary git worktree of `revision` (its root directory), removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="lumi-before-") as scratch:
+        worktree = Path(scratch) / "before"
+        git("worktree", "add", "--detach", str(worktree), revision)
+        try:
+            yield worktree
+        finally:
+            git("worktree", "remove", "--force", str(worktree))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="the earlier commit (any git revision)")
@@ -43,15 +56,10 @@ def main() -> int:
     after = git("rev-parse", "HEAD")
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="lumi-before-") as scratch:
-        worktree = Path(scratch) / "before"
-        git("worktree", "add", "--detach", str(worktree), before)
-        try:
-            measured = {case: pairs(case, {}, {}, args.repeats, args.steps, ("before", "after"),
-                                    dirs=(worktree / "benchmarks", REPO_ROOT / "benchmarks"))
-                        for case in args.cases}
-        finally:
-            git("worktree", "remove", "--force", str(worktree))
+    with worktree_of(before) as worktree:
+        measured = {case: pairs(case, {}, {}, args.repeats, args.steps, ("before", "after"),
+                                dirs=(worktree / "benchmarks", REPO_ROOT / "benchmarks"))
+                    for case in args.cases}
 
     result = {
         "benchmark": "commit_pairs",
