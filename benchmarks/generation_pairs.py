@@ -21,7 +21,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from commit_pairs import REPO_ROOT, git, worktree_of  # benchmarks/commit_pairs.py, beside this script
+from commit_pairs import (  # benchmarks/commit_pairs.py, beside this script
+    REPO_ROOT,
+    git,
+    worktree_of,
+)
 from host import cpu_model  # benchmarks/host.py
 
 
