@@ -98,14 +98,9 @@ def fine_tune_seed(pretrained: Path, instructions: Path, out: Path, method: str,
 
 
 def prepare_instructions(out: Path, tokenizer: Path, weights: dict[str, int] | None) -> None:
-    """`lumi prepare --source sample-instructions` with the pretrained tokenizer; a method with its
-    own training mix sets the generator's weights for this call only."""
-    default = instructions.FAMILY_WEIGHTS
-    instructions.FAMILY_WEIGHTS = weights or default
-    try:
-        prepare_dataset("sample-instructions", out, tokenizer=tokenizer)
-    finally:
-        instructions.FAMILY_WEIGHTS = default
+    """`lumi prepare --source sample-instructions` with the pretrained tokenizer, and the method's
+    own training mix when it has one (dev and test keep equal shares of every family)."""
+    prepare_dataset("sample-instructions", out, tokenizer=tokenizer, family_weights=weights)
 
 
 def scored(run_dir: Path, examples: list[dict]) -> dict:

@@ -14,6 +14,7 @@ from lumi_jax.data.catalog import load_corpus
 from lumi_jax.data.prepare import prepare_dataset
 from lumi_jax.data.sources import SourceOptions
 from lumi_jax.data.template import INSTRUCTION_HEADER, RESPONSE_MARKER, format_prompt
+from lumi_jax.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +108,26 @@ def test_family_weights_change_the_training_mix_only():
                          for _ in range(50))]
     rng = random.Random(3)
     assert [instructions.draw(rng, instructions.FAMILY_WEIGHTS) for _ in range(50)] == plain
+
+
+def test_a_training_mix_reaches_the_dataset_through_the_source_options_and_a_bad_one_is_refused():
+    story3 = {**instructions.FAMILY_WEIGHTS, "story": 3}
+    options = SourceOptions(seed=3, size_mb=0.3, family_weights=story3)
+    weighted, uniform = load_corpus("sample-instructions", options), load_corpus("sample-instructions", SourceOptions(
+        seed=3, size_mb=0.3))
+    assert weighted.details["train_family_weights"] == story3
+    assert uniform.details["train_family_weights"] == instructions.FAMILY_WEIGHTS
+    assert weighted.val_documents == uniform.val_documents  # dev keeps equal shares
+    def story_share(corpus):
+        texts = ["".join(text for text, _ in d.segments) for d in corpus.documents]
+        return sum("Who has the" in t or "What color is" in t for t in texts) / len(texts)
+
+    stories = [story_share(uniform), story_share(weighted)]
+    assert stories[1] > stories[0]
+    assert instructions.FAMILY_WEIGHTS == {family: 1 for family in instructions.FAMILIES}  # the default untouched
+    for bad in ({**story3, "story": 0}, {"story": 2}, {**story3, "poems": 1}):
+        with pytest.raises(UserError, match="whole number of shares"):
+            load_corpus("sample-instructions", SourceOptions(size_mb=0.3, family_weights=bad))
 
 
 def test_answers_are_right():

@@ -42,7 +42,7 @@ import dataclasses
 import hashlib
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -245,7 +245,7 @@ class Splits:
 
 
 def generate_splits(train_count: int, held_out_count: int, seed: int,
-                    family_weights: dict[str, int] | None = None) -> Splits:
+                    family_weights: Mapping[str, int] | None = None) -> Splits:
     """Training, dev and test examples: disjoint combinations, each split its own stream.
 
     Training examples may repeat (a fact worth seeing twice); dev and test examples are distinct
@@ -254,7 +254,10 @@ def generate_splits(train_count: int, held_out_count: int, seed: int,
     if train_count < 1 or held_out_count < len(FAMILIES):
         raise UserError(f"asked for {train_count} training and {held_out_count} held-out examples; "
                         f"use at least 1 and {len(FAMILIES)} (--size-mb larger)")
-    weights = FAMILY_WEIGHTS if family_weights is None else family_weights
+    weights = FAMILY_WEIGHTS if family_weights is None else dict(family_weights)
+    if sorted(weights) != sorted(FAMILIES) or not all(isinstance(w, int) and w >= 1 for w in weights.values()):
+        raise UserError(f"family weights {weights} must give every family of {sorted(FAMILIES)} a whole number "
+                        "of shares, at least 1")
     rng = random.Random(seed)
     train: list[Example] = []
     while len(train) < train_count:
@@ -312,14 +315,15 @@ def load_sample_instructions(spec: str, options: SourceOptions) -> Corpus:
         raise UserError(f"--size-mb is {options.size_mb}; use a size between 0 and 200 (MB) for sample-instructions")
     train_count = (DEFAULT_TRAIN_EXAMPLES if options.size_mb is None
                    else max(1, int(options.size_mb * 1e6 / APPROX_BYTES_PER_EXAMPLE)))
-    splits = generate_splits(train_count, DEFAULT_VAL_EXAMPLES, options.seed)
+    weights = dict(FAMILY_WEIGHTS if options.family_weights is None else options.family_weights)
+    splits = generate_splits(train_count, DEFAULT_VAL_EXAMPLES, options.seed, family_weights=weights)
     return Corpus(
         documents=[e.to_document() for e in splits.train],
         kind="instructions",
         source=f"sample-instructions(examples={train_count}, seed={options.seed})",
         val_documents=[e.to_document() for e in splits.dev],
         details={"generator": "lumi_jax.data.instructions", "families": list(FAMILIES),
-                 "train_family_weights": dict(FAMILY_WEIGHTS),
+                 "train_family_weights": weights,
                  "held_out": f"unseen combinations: about {HELD_OUT_PER_MILLE / 10:g}% of them in dev (the "
                              f"validation split), as many in test ({TEST_EXAMPLES_FILE})",
                  "train_examples": len(splits.train), "val_examples": len(splits.dev),

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -118,9 +118,11 @@ def resolve_vocab_size(vocab_size: int | None, model: str | None, tokenizer: str
 def prepare_dataset(source: str, out: str | Path, *, vocab_size: int | None = None, model: str | None = None,
                     val_fraction: float = DEFAULT_VAL_FRACTION, tokenizer: str | Path | None = None,
                     seed: int = 0, force: bool = False, errors: str = "strict", size_mb: float | None = None,
-                    val_source: str | None = None, log: Log | None = print) -> dict[str, Any]:
+                    val_source: str | None = None, family_weights: Mapping[str, int] | None = None,
+                    log: Log | None = print) -> dict[str, Any]:
     """Prepare a dataset directory; returns its meta.json content. See the module docstring.
-    `val_source`: held-out text of the user's choosing (all of `source` is then training text)."""
+    `val_source`: held-out text of the user's choosing (all of `source` is then training text).
+    `family_weights`: sample-instructions' training mix (instructions.FAMILY_WEIGHTS by default)."""
     log = log or (lambda _message: None)
     out = Path(out)
     check_error_mode(errors)
@@ -137,7 +139,7 @@ def prepare_dataset(source: str, out: str | Path, *, vocab_size: int | None = No
                         f"{vocab_size}; leave out --vocab-size/--model, or train a new tokenizer")
 
     started = time.perf_counter()
-    corpus = load_corpus(source, SourceOptions(seed=seed, errors=errors, size_mb=size_mb))
+    corpus = load_corpus(source, SourceOptions(seed=seed, errors=errors, size_mb=size_mb, family_weights=family_weights))
     if val_source is not None:
         held_out = load_corpus(val_source, SourceOptions(seed=seed, errors=errors))
         if held_out.kind != corpus.kind:

@@ -73,6 +73,7 @@ class SourceOptions:
     seed: int = 0
     errors: str = "strict"
     size_mb: float | None = None  # for generated sources
+    family_weights: Mapping[str, int] | None = None  # sample-instructions: the training mix (instructions.py)
 
 
 SourceLoader = Callable[[str, SourceOptions], Corpus]
