@@ -413,20 +413,19 @@ class Transformer(nn.Module):
         # The head accumulates in float32 whatever the compute dtype: bfloat16 logits would lose
         # the differences between likely tokens before the softmax sees them.
         if c.tie_embeddings and cache is not None and TIED_HEAD_DV in self.variables["params"]:
+            # decoding_params' layout of the embedding
             head_DV = self.variables["params"][TIED_HEAD_DV].astype(x_BTD.dtype)
-
-            def head(x_D):
-                return jnp.einsum("...d,dv->...v", x_D, head_DV, preferred_element_type=jnp.float32)
         elif c.tie_embeddings:
+            head_DV = None
             head_VD = embed.embedding.astype(x_BTD.dtype)
-
-            def head(x_D):
-                return jnp.einsum("...d,vd->...v", x_D, head_VD, preferred_element_type=jnp.float32)
         else:
             head_DV = OutputHead(c.vocab_size, name="output")(c.d_model).astype(x_BTD.dtype)
 
-            def head(x_D):
-                return jnp.einsum("...d,dv->...v", x_D, head_DV, preferred_element_type=jnp.float32)
+        def head(x_D):
+            if head_DV is None:
+                return jnp.einsum("...d,vd->...v", x_D, head_VD, preferred_element_type=jnp.float32)
+            return jnp.einsum("...d,dv->...v", x_D, head_DV, preferred_element_type=jnp.float32)
+
         if targets_BT is not None:
             return fused_head_nats(x_BTD, head, targets_BT, head_chunk), None
         return head(x_BTD).astype(jnp.float32), (None if cache is None else new_cache)
