@@ -16,13 +16,9 @@ benchmarks/results/decode_profile_<model>_cpu.json unless --out says otherwise.
 from __future__ import annotations
 
 import argparse
-import collections
-import gzip
 import json
 import os
-import re
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +35,11 @@ def main() -> int:
     sys.path.insert(0, str(args.checkout.resolve()))
 
     import jax
+    from op_times import (  # benchmarks/op_times.py, beside this script
+        by_kind,
+        kind_of,
+        traced_operations,
+    )
 
     from lumi_jax import generate
     from lumi_jax.config import load_model_config
@@ -51,25 +52,10 @@ def main() -> int:
     def call():
         return generate.generate_ids(config, params, prompts, max_new_tokens=NEW_TOKENS, eos_id=-1)
 
-    call()
-    with tempfile.TemporaryDirectory() as trace_dir:
-        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-            call()
-        trace_file = next(Path(trace_dir).rglob("*.trace.json.gz"))
-        events = json.load(gzip.open(trace_file))["traceEvents"]
-
+    call()  # compiles; the traced call below runs the compiled loop only
+    times, executions = traced_operations(call)
     steps = NEW_TOKENS - 1
-    by_op, counts = collections.Counter(), collections.Counter()
-    for event in events:
-        name = event.get("name", "")
-        # XLA operations only: not Python frames ($...), the executor's own spans, or end markers.
-        if event.get("ph") != "X" or name.startswith(("$", "end: ")) or " " in name or "::" in name or "(" in name:
-            continue
-        group = re.sub(r"(\.\d+|\.clone)+$", "", name)
-        by_op[group] += event["dur"]
-        counts[group] += 1
-    rows = [{"operation": group, "us_per_token": round(total / steps, 1), "executions_per_token": round(counts[group] / steps, 2)}
-            for group, total in by_op.most_common()]
+    rows = by_kind(times, executions, steps, "token")
     result = {
         "benchmark": "decode_profile",
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -78,10 +64,10 @@ def main() -> int:
         "machine": {"cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
                     "device": jax.devices()[0].device_kind},
         "versions": {"jax": jax.__version__},
-        "operations_us_per_token": sum(by_op.values()) / steps,
+        "operations_us_per_token": round(sum(times.values()) / steps, 1),
         "operations": rows[:40],
-        "dots_us_per_token_largest_first": sorted((round(d / steps, 1) for d in
-                                                   _per_op_totals(events, "dot")), reverse=True),
+        "dots_us_per_token_largest_first": sorted((round(t / steps, 1) for name, t in times.items()
+                                                   if kind_of(name) == "dot"), reverse=True),
     }
     out = args.out or ROOT / "benchmarks" / "results" / f"decode_profile_{config.name}_cpu.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -89,16 +75,6 @@ def main() -> int:
         print(f"{row['us_per_token']:8.1f} µs/token  ×{row['executions_per_token']:<6} {row['operation']}")
     print(f"wrote {out}")
     return 0
-
-
-def _per_op_totals(events, group: str) -> list[float]:
-    """Each individual operation of `group` (dot.12, dot.40, ...), its total time over the call."""
-    totals = collections.Counter()
-    for event in events:
-        name = event.get("name", "")
-        if event.get("ph") == "X" and re.fullmatch(rf"{group}(\.\d+|\.clone)+", name):
-            totals[name] += event["dur"]
-    return list(totals.values())
 
 
 if __name__ == "__main__":
