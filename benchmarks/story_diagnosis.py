@@ -47,15 +47,27 @@ def classify(run_dir: Path, examples: list[dict]) -> dict:
     prompts = [run.tokenizer.encode(e["prompt"], bos=True) for e in examples]
     results = generate_ids(run.model_config, run.params, prompts, max_new_tokens=8)
     counts: dict[str, collections.Counter] = {}
+    absent: list[dict] = []
     for example, result in zip(examples, results, strict=True):
         answer = run.tokenizer.decode(result.new_ids).strip()
         kind = ("right" if answer == example["response"].strip() else
                 "other_candidate" if answer in example["candidates"] else "not_in_prompt")
         counts.setdefault(example["task"], collections.Counter())[kind] += 1
+        if kind == "not_in_prompt":
+            absent.append({"answer": answer, "expected": example["response"].strip(), "task": example["task"],
+                           "piece_of_a_candidate": any(answer and answer != c and answer in c
+                                                       for c in example["candidates"]),
+                           "expected_tokens": len(run.tokenizer.encode(" " + example["response"].strip()))})
     by_task = {task: dict(sorted(c.items())) | {"accuracy": round(c["right"] / sum(c.values()), 3)}
                for task, c in sorted(counts.items())}
     right = sum(c["right"] for c in counts.values())
-    return {"accuracy": round(right / len(examples), 3), "examples": len(examples), "by_task": by_task}
+    # Is an answer absent from the story a broken-up rare word (the tokenizer's pieces of a name)?
+    absent_summary = {"count": len(absent),
+                      "piece_of_a_candidate": sum(a["piece_of_a_candidate"] for a in absent),
+                      "expected_answer_is_several_tokens": sum(a["expected_tokens"] > 1 for a in absent),
+                      "samples": absent[:8]}
+    return {"accuracy": round(right / len(examples), 3), "examples": len(examples), "by_task": by_task,
+            "not_in_prompt_answers": absent_summary}
 
 
 def main() -> int:
@@ -70,8 +82,15 @@ def main() -> int:
     dataset_seed = meta.get("seed", 0)
     pools = {"dev": [e for e in held_out_examples(args.instructions, "dev") if e["family"] == "story"],
              "seen": seen_pool(args.examples, dataset_seed)}
+    # How many tokens each story word takes with the runs' tokenizer (a name is read as " Name").
+    tokenizer = load_run(args.runs[0]).tokenizer
+    pieces = {kind: collections.Counter(len(tokenizer.encode(" " + word)) for word in words)
+              for kind, words in (("names", instructions.NAMES), ("colors", instructions.COLORS),
+                                  ("things", instructions.THINGS))}
     result = {
         "benchmark": "story_diagnosis",
+        "tokens_per_word_of_the_first_runs_tokenizer": {kind: {str(n): c for n, c in sorted(counter.items())}
+                                                        for kind, counter in pieces.items()},
         "command": " ".join(["story_diagnosis.py", *sys.argv[1:]]),
         "instructions": str(args.instructions), "dataset_seed": dataset_seed,
         "runs": {str(run): {pool: classify(run, examples) for pool, examples in pools.items()} for run in args.runs},
