@@ -5,7 +5,8 @@
   closed-form formula below. Embeddings and the head are always counted (a tied head counts
   once, as its one shared matrix).
 - Memory estimates for training (parameters, gradients, AdamW's two moments, activations with
-  and without rematerialisation) and for inference (weights and the KV cache). The activation
+  and without rematerialisation) and for inference (weights, the KV cache and, on a CPU, the
+  decode-ready copies of some weights that generation adds). The activation
   model counts the tensors the backward pass keeps per layer; `tests/test_architecture.py` holds
   it within 20% of XLA's own figure for the compiled train step.
 - LLaMA conformance checks, a table of reference models with their published counts, and
@@ -157,13 +158,22 @@ def estimate_training_memory(
     return parts
 
 
-def estimate_inference_memory(config: ModelConfig, batch: int, seq: int, dtype: str | None = None) -> dict[str, int]:
-    """Weights in the compute dtype plus a KV cache of 2·L·B·S·N·K values."""
+def estimate_inference_memory(config: ModelConfig, batch: int, seq: int, dtype: str | None = None,
+                              decoding_copies: bool = False) -> dict[str, int]:
+    """Weights in the compute dtype plus a KV cache of 2·L·B·S·N·K values; with
+    `decoding_copies` (decoding on a CPU), the float32 copies that model.decoding_params adds:
+    each layer's q|k|v and w1|w3 joined, and a tied head transposed."""
     dtype = dtype or config.dtype
     size = _bytes_per(dtype)
     weights = closed_form_params(config) * size
     kv_cache = 2 * config.n_layers * batch * seq * config.kv_heads * config.head_dim * size
-    return {"weights": weights, "kv_cache": kv_cache, "total": weights + kv_cache}
+    parts = {"weights": weights, "kv_cache": kv_cache}
+    if decoding_copies:
+        D = config.d_model
+        joined = D * (config.n_heads + 2 * config.kv_heads) * config.head_dim + 2 * D * config.ffn_dim
+        head = config.vocab_size * D if config.tie_embeddings else 0
+        parts["decoding_copies"] = (config.n_layers * joined + head) * 4
+    return parts | {"total": sum(parts.values())}
 
 
 def detected_device_memory() -> tuple[str, int | None]:
@@ -293,7 +303,8 @@ def analyse(config: ModelConfig, batch: int = 8, seq: int | None = None,
             "batch_size": batch,
             "seq_len": seq,
             "training": training,
-            "inference": estimate_inference_memory(config, 1, seq, config.dtype),
+            "inference": estimate_inference_memory(config, 1, seq, config.dtype,
+                                                   decoding_copies=device_name.startswith("cpu")),
             "device": {"name": device_name, "bytes": device_bytes},
         },
         "conformance": [dataclasses.asdict(c) for c in conformance_checks(config)],

@@ -216,7 +216,14 @@ _decoding_layout: tuple[list, Any] | None = None
 
 
 def with_decoding_layout(params: Any, config: ModelConfig) -> Any:
+    """`params` with model.decoding_params' copies, on a CPU: there decoding streams the weights
+    from memory one matrix-vector product at a time, and those layouts were measured faster
+    (docs/benchmarks.md). They hold as much again as the joined weights and a tied head, while
+    this process keeps them; `lumi architecture` counts them. Elsewhere `params` as they are: on
+    an accelerator the copies would cost scarce memory for a gain not measured there."""
     global _decoding_layout
+    if jax.default_backend() != "cpu":
+        return params
     leaves = jax.tree.leaves(params)
     if (_decoding_layout is None or len(_decoding_layout[0]) != len(leaves)
             or any(a is not b for a, b in zip(_decoding_layout[0], leaves, strict=True))):

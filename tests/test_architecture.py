@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -15,6 +16,7 @@ from lumi_jax.architecture import (
     closed_form_params,
     conformance_checks,
     count_params,
+    estimate_inference_memory,
     estimate_training_memory,
 )
 from lumi_jax.cli import main
@@ -115,6 +117,17 @@ def test_cli_json_report_and_skipping_non_model_json(tmp_path, capsys):
     assert model["memory"]["inference"]["kv_cache"] == 2 * 2 * 1 * 128 * 2 * 16 * 4
     assert any("recipe.json" in note for note in report["skipped"])
     assert {r["name"] for r in report["references"]} >= {"TinyLlama-1.1B", "LLaMA-2-7B", "llama2.c stories15M"}
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_inference_estimate_counts_the_cpu_decoding_copies_exactly(tied):
+    config = dataclasses.replace(load_model_config("micro"), tie_embeddings=tied)
+    params = model.init_params(config, jax.random.key(0))
+    added = (sum(leaf.nbytes for leaf in jax.tree.leaves(model.decoding_params(params, config)))
+             - sum(leaf.nbytes for leaf in jax.tree.leaves(params)))
+    with_copies = estimate_inference_memory(config, 1, 128, decoding_copies=True)
+    assert with_copies["decoding_copies"] == added
+    assert with_copies["total"] - estimate_inference_memory(config, 1, 128)["total"] == added
 
 
 def test_cli_table_report_runs_for_every_shipped_config(capsys, monkeypatch):
