@@ -54,6 +54,13 @@ def _dense(features: int, name: str, config: ModelConfig, std: float) -> nn.Dens
     )
 
 
+def _project(x: jax.Array, features: int, name: str, config: ModelConfig, std: float) -> jax.Array:
+    """x·W by a bias-free nn.Dense, x's leading axes flattened into one for the product. Same sums;
+    but with a 2-D x, XLA:CPU lays out the backward's weight-gradient products without first
+    transposing the (B·T, F) gradients, which it does for a 3-D x (docs/benchmarks.md)."""
+    return _dense(features, name, config, std)(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], features)
+
+
 # Decoding reads every weight once per token, in matrix-vector products bound by how fast the
 # weights stream from memory. `decoding_params` adds, next to the trained weights, copies laid out
 # for that (docs/benchmarks.md, decoding): each group of projections of one input joined side by
@@ -91,7 +98,7 @@ def projections(module: nn.Module, x: jax.Array, kernels: list[tuple[str, int, f
     runs on merged weights.
     """
     if not one_product or module.is_initializing():
-        return [_dense(features, name, module.config, std)(x) for name, features, std in kernels]
+        return [_project(x, features, name, module.config, std) for name, features, std in kernels]
     dtype = compute_dtype(module.config)
     weights = module.variables["params"]
     names = [name for name, _, _ in kernels]
@@ -258,7 +265,7 @@ class Attention(nn.Module):
             out_BTHK = (jax.nn.dot_product_attention(q_BTHK, k_BTNK, v_BTNK, is_causal=True) if mask_BTS is None
                         else jax.nn.dot_product_attention(q_BTHK, k_BTNK, v_BTNK, mask=mask_BTS[:, None]))
             out_BTD = out_BTHK.reshape(B, T, H * K).astype(compute_dtype(c))
-            return _dense(c.d_model, "wo", c, out_std)(out_BTD), None
+            return _project(out_BTD, c.d_model, "wo", c, out_std), None
         if layer_cache is None:  # training and scoring: heads first, the custom backward
             if mask_BTS is None:
                 mask_BTS = jnp.broadcast_to(jnp.tril(jnp.ones((T, T), dtype=bool)), (B, T, T))
@@ -266,7 +273,7 @@ class Attention(nn.Module):
             k_BNSK, v_BNSK = k_BTNK.transpose(0, 2, 1, 3), v_BTNK.transpose(0, 2, 1, 3)
             out_BNGTK = causal_attention(q_BNGTK, k_BNSK, v_BNSK, mask_BTS, self.query_blocks)
             out_BTD = out_BNGTK.transpose(0, 3, 1, 2, 4).reshape(B, T, H * K).astype(compute_dtype(c))
-            return _dense(c.d_model, "wo", c, out_std)(out_BTD), None
+            return _project(out_BTD, c.d_model, "wo", c, out_std), None
 
         # Decoding with a cache: write this call's keys and values into it, then attend to every
         # slot (the mask hides those not yet written). The cache keeps batch and heads as one
@@ -287,7 +294,7 @@ class Attention(nn.Module):
         out_XQK = jnp.einsum("xqs,xsk->xqk", weights_XQS, v_XSK)
         out_BTD = out_XQK.reshape(B, N, G, T, K).transpose(0, 3, 1, 2, 4).reshape(B, T, H * K).astype(compute_dtype(c))
         new_cache = {"k": k_XKS, "v": v_XSK}
-        return _dense(c.d_model, "wo", c, out_std)(out_BTD), new_cache
+        return _project(out_BTD, c.d_model, "wo", c, out_std), new_cache
 
 
 class SwiGLU(nn.Module):
@@ -299,7 +306,7 @@ class SwiGLU(nn.Module):
     def __call__(self, x_BTD, one_product: bool = False):
         c = self.config
         gate_BTF, up_BTF = projections(self, x_BTD, [("w1", c.ffn_dim, 0.02), ("w3", c.ffn_dim, 0.02)], one_product)
-        return _dense(c.d_model, "w2", c, 0.02 / math.sqrt(2 * c.n_layers))(nn.silu(gate_BTF) * up_BTF)
+        return _project(nn.silu(gate_BTF) * up_BTF, c.d_model, "w2", c, 0.02 / math.sqrt(2 * c.n_layers))
 
 
 class Block(nn.Module):
