@@ -428,11 +428,10 @@ class Transformer(nn.Module):
         else:
             head_DV = OutputHead(c.vocab_size, name="output")(c.d_model).astype(x_BTD.dtype)
 
-        def head(x_D):  # leading axes flattened for the product, as _project does
-            x_ND = x_D.reshape(-1, c.d_model)
-            logits_NV = (jnp.einsum("nd,vd->nv", x_ND, head_VD, preferred_element_type=jnp.float32) if head_DV is None
-                         else jnp.einsum("nd,dv->nv", x_ND, head_DV, preferred_element_type=jnp.float32))
-            return logits_NV.reshape(*x_D.shape[:-1], c.vocab_size)
+        def head(x_D):
+            if head_DV is None:
+                return jnp.einsum("...d,vd->...v", x_D, head_VD, preferred_element_type=jnp.float32)
+            return jnp.einsum("...d,dv->...v", x_D, head_DV, preferred_element_type=jnp.float32)
 
         if targets_BT is not None:
             return fused_head_nats(x_BTD, head, targets_BT, head_chunk), None
