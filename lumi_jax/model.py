@@ -24,6 +24,7 @@ tokens are written at `cache_index`, and queries attend to every slot up to thei
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -161,19 +162,7 @@ def _attention_forward(q_BNGTK, k_BNSK, v_BNSK, mask_BTS):
     return out.astype(q_BNGTK.dtype), p_BNGTS
 
 
-@jax.custom_vjp
-def masked_attention(q_BNGTK, k_BNSK, v_BNSK, mask_BTS):
-    """softmax(q kᵀ / √K, masked) v for query groups G sharing each of N key/value heads."""
-    return _attention_forward(q_BNGTK, k_BNSK, v_BNSK, mask_BTS)[0]
-
-
-def _masked_attention_fwd(q_BNGTK, k_BNSK, v_BNSK, mask_BTS):
-    out, p_BNGTS = _attention_forward(q_BNGTK, k_BNSK, v_BNSK, mask_BTS)
-    return out, (q_BNGTK, k_BNSK, v_BNSK, out, p_BNGTS)
-
-
-def _masked_attention_bwd(residuals, d_out):
-    q, k, v, out, p = residuals
+def _attention_grads(q, k, v, out, p, d_out):
     scale = 1.0 / math.sqrt(q.shape[-1])
     f32 = jnp.float32
     d_out = d_out.astype(f32)
@@ -183,10 +172,9 @@ def _masked_attention_bwd(residuals, d_out):
     ds = p * (dp - row) * scale  # masked positions have P = 0, so their dS is 0
     dq = jnp.einsum("bngts,bnsk->bngtk", ds, k, preferred_element_type=f32)
     dk = jnp.einsum("bngts,bngtk->bnsk", ds, q, preferred_element_type=f32)
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
-masked_attention.defvjp(_masked_attention_fwd, _masked_attention_bwd)
 
 # A causal pass never attends above the diagonal, so the core runs one query block at a time
 # against the keys up to that block's end: with 4 blocks, 10 of the 16 score tiles. On this CPU
@@ -209,16 +197,45 @@ def causal_blocks(seq_len: int) -> int:
     return max(1, min(MAX_CAUSAL_BLOCKS, seq_len // MIN_CAUSAL_BLOCK))
 
 
-def causal_attention(q_BNGTK, k_BNTK, v_BNTK, mask_BTT, blocks: int):
-    """masked_attention for a mask that is causal (or stricter: segments inside it), computed
-    block row by block row; autodiff adds each block's key and value gradients together."""
-    T = q_BNGTK.shape[-2]
+def _block_bounds(T: int, blocks: int) -> list[tuple[int, int]]:
     bounds = [round(T * i / blocks) for i in range(blocks + 1)]
-    outs = []
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
-        outs.append(masked_attention(q_BNGTK[..., start:end, :], k_BNTK[..., :end, :], v_BNTK[..., :end, :],
-                                     mask_BTT[:, start:end, :end]))
-    return outs[0] if blocks == 1 else jnp.concatenate(outs, axis=-2)
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def causal_attention(q_BNGTK, k_BNTK, v_BNTK, mask_BTT, blocks: int):
+    """softmax(q kᵀ / √K, masked) v, for query groups G sharing each of N key/value heads and a
+    mask that is causal (or stricter: segments inside it), computed
+    block row by block row against the keys up to the block's end. Its backward adds each
+    block's key and value gradients into one buffer in place (autodiff of the slices would pad
+    every block's gradients to full length, then add them)."""
+    return _causal_attention_fwd(q_BNGTK, k_BNTK, v_BNTK, mask_BTT, blocks)[0]
+
+
+def _causal_attention_fwd(q, k, v, mask_BTT, blocks):
+    outs, probabilities = [], []
+    for start, end in _block_bounds(q.shape[-2], blocks):
+        out, p = _attention_forward(q[..., start:end, :], k[..., :end, :], v[..., :end, :], mask_BTT[:, start:end, :end])
+        outs.append(out)
+        probabilities.append(p)
+    out = outs[0] if blocks == 1 else jnp.concatenate(outs, axis=-2)
+    return out, (q, k, v, out, probabilities)
+
+
+def _causal_attention_bwd(blocks, residuals, d_out):
+    q, k, v, out, probabilities = residuals
+    dq_blocks, dk, dv = [], jnp.zeros_like(k), jnp.zeros_like(v)
+    for (start, end), p in zip(_block_bounds(q.shape[-2], blocks), probabilities, strict=True):
+        rows = slice(start, end)
+        dq_i, dk_i, dv_i = _attention_grads(q[..., rows, :], k[..., :end, :], v[..., :end, :], out[..., rows, :], p,
+                                            d_out[..., rows, :])
+        dq_blocks.append(dq_i)
+        dk, dv = dk.at[..., :end, :].add(dk_i), dv.at[..., :end, :].add(dv_i)
+    dq = dq_blocks[0] if blocks == 1 else jnp.concatenate(dq_blocks, axis=-2)
+    return dq, dk, dv, None
+
+
+causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
 
 ATTENTION_ENV = "LUMI_ATTENTION"  # "fused" or "custom": override the choice by platform (for tests)
 

@@ -149,9 +149,9 @@ def test_micro_model_overfits_one_batch(micro_config, micro_params):
 
 
 def test_attention_backward_equals_autodiff_of_the_plain_formulation():
-    """The hand-written backward (model.masked_attention) against autodiff of the textbook
+    """The hand-written backward (model.causal_attention, one block) against autodiff of the textbook
     einsum, with grouped heads and a causal mask cut into two segments."""
-    from lumi_jax.model import masked_attention
+    from lumi_jax.model import causal_attention
 
     B, N, G, T, K = 2, 2, 3, 12, 8
     keys = jax.random.split(jax.random.key(0), 4)
@@ -166,7 +166,7 @@ def test_attention_backward_equals_autodiff_of_the_plain_formulation():
         weights = jax.nn.softmax(jnp.where(mask[:, None, None], scores, -jnp.inf), axis=-1)
         return jnp.einsum("bngts,bnsk->bngtk", weights, v)
 
-    ours = jax.vjp(lambda q, k, v: masked_attention(q, k, v, mask), q, k, v)
+    ours = jax.vjp(lambda q, k, v: causal_attention(q, k, v, mask, 1), q, k, v)
     reference = jax.vjp(plain, q, k, v)
     np.testing.assert_allclose(ours[0], reference[0], atol=1e-5)
     for mine, theirs in zip(ours[1](cotangent), reference[1](cotangent), strict=True):
@@ -227,8 +227,9 @@ def test_layers_share_one_trace_and_the_environment_is_part_of_its_key(micro_con
     assert len(calls) == config.n_layers
     assert all(call.params["jaxpr"] is calls[0].params["jaxpr"] for call in calls)  # traced once
 
-    def attention_cores(call):  # masked_attention is a custom_vjp: one call per query block
-        return sum("custom_vjp" in eqn.primitive.name for eqn in call.params["jaxpr"].jaxpr.eqns)
+    def attention_cores(call):  # query blocks in causal_attention (a custom_vjp): two products each
+        (core,) = [eqn for eqn in call.params["jaxpr"].jaxpr.eqns if "custom_vjp" in eqn.primitive.name]
+        return sum(eqn.primitive.name == "dot_general" for eqn in core.params["call_jaxpr"].jaxpr.eqns) // 2
 
     monkeypatch.setenv("LUMI_CAUSAL_BLOCKS", "1")
     assert attention_cores(_layer_calls(config, params, tokens)[0]) == 1
