@@ -31,6 +31,21 @@ def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
+def comparison_start(before: str) -> dict:
+    """What a before/after comparison records before its runs: both revisions, whether this
+    checkout has uncommitted changes, and the load average."""
+    return {"before": git("rev-parse", before), "after": git("rev-parse", "HEAD"),
+            "after_has_uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "load_average_1min_before": round(os.getloadavg()[0], 2)}
+
+
+def comparison_record(start: dict) -> dict:
+    """`start` with the machine and the load average after the runs."""
+    return start | {"machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(),
+                                "usable_cores": len(os.sched_getaffinity(0))},
+                    "load_average_1min_after": round(os.getloadavg()[0], 2)}
+
+
 @contextlib.contextmanager
 def worktree_of(revision: str):
     """A temporary git worktree of `revision` (its root directory), removed afterwards."""
@@ -52,11 +67,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    before = git("rev-parse", args.before)
-    after = git("rev-parse", "HEAD")
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    load_before = os.getloadavg()[0]
-    with worktree_of(before) as worktree:
+    start = comparison_start(args.before)
+    with worktree_of(start["before"]) as worktree:
         measured = {case: pairs(case, {}, {}, args.repeats, args.steps, ("before", "after"),
                                 dirs=(worktree / "benchmarks", REPO_ROOT / "benchmarks"))
                     for case in args.cases}
@@ -64,12 +76,9 @@ def main() -> int:
     result = {
         "benchmark": "commit_pairs",
         "command": " ".join(["commit_pairs.py", *sys.argv[1:]]),
-        "before": before, "after": after, "after_has_uncommitted_changes": dirty,
         "method": "train_throughput.py from a worktree of `before`, then from this checkout, alternating, each in a "
                   "fresh process; ratio = after tokens/s / before tokens/s",
-        "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0))},
-        "load_average_1min_before": round(load_before, 2),
-        "load_average_1min_after": round(os.getloadavg()[0], 2),
+        **comparison_record(start),
         "cases": measured,
     }
     out = args.out or REPO_ROOT / "benchmarks" / "results" / f"commit_pairs_{args.cases[0].split(':')[0]}_cpu.json"

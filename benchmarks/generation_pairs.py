@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -23,10 +22,10 @@ from pathlib import Path
 
 from commit_pairs import (  # benchmarks/commit_pairs.py, beside this script
     REPO_ROOT,
-    git,
+    comparison_record,
+    comparison_start,
     worktree_of,
 )
-from host import cpu_model  # benchmarks/host.py
 
 
 def generation_speed(checkout: Path, model: str, repeats: int) -> list[dict]:
@@ -48,11 +47,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    before, after = git("rev-parse", args.before), git("rev-parse", "HEAD")
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    load_before = os.getloadavg()[0]
+    start = comparison_start(args.before)
     runs = []
-    with worktree_of(before) as worktree:
+    with worktree_of(start["before"]) as worktree:
         for _ in range(args.pairs):
             pair = {"before": generation_speed(worktree, args.model, args.repeats),
                     "after": generation_speed(REPO_ROOT, args.model, args.repeats)}
@@ -71,12 +68,9 @@ def main() -> int:
     result = {
         "benchmark": "generation_pairs",
         "command": " ".join(["generation_pairs.py", *sys.argv[1:]]),
-        "before": before, "after": after, "after_has_uncommitted_changes": dirty,
         "method": "generation_speed.py --batches 1 from a worktree of `before`, then from this checkout, alternating, "
                   "each in a fresh process; ratio = after decode tokens/s / before decode tokens/s, per pair",
-        "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0))},
-        "load_average_1min_before": round(load_before, 2),
-        "load_average_1min_after": round(os.getloadavg()[0], 2),
+        **comparison_record(start),
         "summary": summary,
         "runs": runs,
     }
