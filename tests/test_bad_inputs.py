@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from disk_state import tree_hash
+from disk_state import tree_hash, tree_stamp
 
 from lumi_jax import cli, session
 from lumi_jax.config import TrainConfig
@@ -263,8 +263,9 @@ def world(tmp_path_factory, dataset_dir, micro_config):
     return w
 
 
-def watched(w: Path) -> tuple[Path, ...]:
-    return (w / "data", w / "runs", w / "empty", REPO / "sessions", REPO / "data", REPO / "runs")
+def disk_state(w: Path) -> tuple[str, str]:
+    """The bytes of this test's own directories, and the sizes and times of the repository's."""
+    return tree_hash(w / "data", w / "runs", w / "empty"), tree_stamp(REPO / "sessions", REPO / "data", REPO / "runs")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,9 +345,9 @@ def test_bad_input_is_refused_in_one_line_and_changes_nothing(item, world, capsy
         request.getfixturevalue("holder")
     monkeypatch.chdir(world)
     monkeypatch.setenv("COLUMNS", "200")
-    before = tree_hash(*watched(world))
+    before = disk_state(world)
     status, err = run_case(item, world, capsys)
-    after = tree_hash(*watched(world))
+    after = disk_state(world)
     lines = err.strip().splitlines()
     if os.environ.get("LUMI_CATALOGUE_RECORD"):  # benchmarks/reliability_catalogue.py collects the lines
         with open(os.environ["LUMI_CATALOGUE_RECORD"], "a", encoding="utf-8") as record:
@@ -376,3 +377,21 @@ def catalogue() -> list[dict]:
 if __name__ == "__main__":  # list the cases
     for record in catalogue():
         print(json.dumps(record))
+
+
+def test_the_repository_stamp_sees_a_rewrite_a_new_file_and_a_removal(tmp_path):
+    """The repository's directories are compared by size and modification time, not bytes:
+    each kind of change a command could make must still show."""
+    kept = tmp_path / "run" / "config.json"
+    kept.parent.mkdir()
+    kept.write_text('{"steps": 10}')
+    os.utime(kept, ns=(1_000_000_000, 1_000_000_000))  # written long ago, as a user's runs are
+    stamps = [tree_stamp(tmp_path)]
+    kept.write_text('{"steps": 99}')  # the same size, other bytes
+    stamps.append(tree_stamp(tmp_path))
+    (tmp_path / "run" / "new.json").write_text("{}")
+    stamps.append(tree_stamp(tmp_path))
+    kept.unlink()
+    stamps.append(tree_stamp(tmp_path))
+    assert len(set(stamps)) == 4
+    assert tree_stamp(tmp_path) == stamps[-1]  # and nothing changed reads the same
