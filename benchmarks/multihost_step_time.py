@@ -1,8 +1,9 @@
 """Step time of two joined processes against one process with two simulated devices, on this machine.
 
-    .venv/bin/python benchmarks/multihost_step_time.py [--steps 200] [--repeats 2] [--batch 32] [--context 128]
+    .venv/bin/python benchmarks/multihost_step_time.py [--model micro] [--steps 200] [--repeats 2] [--batch 32]
+        [--context 128] [--out FILE]
 
-Both layouts run the same `lumi train` (micro, `--mesh data=2`, the same global batch), so they
+Both layouts run the same `lumi train` (`--model`, `--mesh data=2`, the same global batch), so they
 do the same arithmetic (tests/test_multihost.py proves the losses are bit-identical); what differs
 is how the two halves of the batch meet for the gradient all-reduce:
 
@@ -34,6 +35,10 @@ from pathlib import Path
 from host import cpu_model  # benchmarks/host.py, beside this script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from lumi_jax.config import load_model_config  # noqa: E402
+
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "multihost_cpu.json"
 SKIP_FIRST = 10  # steps left out of the statistics: the first ones still warm caches up
 
@@ -45,7 +50,7 @@ def clean_environment(**extra: str) -> dict[str, str]:
 
 
 def train_flags(args: argparse.Namespace, data: Path, out: Path) -> list[str]:
-    return ["train", "--model", "micro", "--data", str(data), "--out", str(out), "--mesh", "data=2",
+    return ["train", "--model", args.model, "--data", str(data), "--out", str(out), "--mesh", "data=2",
             "--steps", str(args.steps), "--batch-size", str(args.batch), "--context", str(args.context),
             "--lr", "3e-3", "--warmup", "10", "--min-lr", "3e-4", "--eval-every", "0",
             "--save-every", str(args.steps), "--log-every", "1", "--quiet"]
@@ -85,6 +90,7 @@ def run_layout(layout: str, args: argparse.Namespace, data: Path, out: Path) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="micro", help="a model config (the sample data gets its vocabulary)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
@@ -95,8 +101,10 @@ def main() -> None:
     runs = []
     with tempfile.TemporaryDirectory(prefix="lumi-multihost-") as scratch:
         data = Path(scratch) / "data"
+        vocab_size = load_model_config(args.model).vocab_size
         subprocess.run([sys.executable, "-m", "lumi_jax.cli", "prepare", "--source", "sample", "--out", str(data),
-                        "--vocab-size", "512", "--size-mb", "0.5"], cwd=REPO_ROOT, env=clean_environment(),
+                        "--vocab-size", str(vocab_size), "--size-mb", "0.5" if vocab_size <= 512 else "4"],
+                       cwd=REPO_ROOT, env=clean_environment(),
                        check=True, capture_output=True)
         for round_index in range(args.repeats):
             for layout in ("one process, 2 devices", "two processes, 1 device each"):
@@ -110,7 +118,7 @@ def main() -> None:
 
     one, two = median_of("one process, 2 devices"), median_of("two processes, 1 device each")
     result = {
-        "what": "micro, --mesh data=2, the same global batch: one process with 2 simulated CPU devices "
+        "what": f"{args.model}, --mesh data=2, the same global batch: one process with 2 simulated CPU devices "
                 "against 2 processes joined through jax.distributed (gloo over 127.0.0.1), 1 CPU device each",
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "jax": version("jax")},
