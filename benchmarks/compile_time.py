@@ -108,8 +108,10 @@ def main() -> int:
                     "device": jax.devices()[0].platform, "jax": jax.__version__,
                     "load_average_start": load_start, "load_average_end": os.getloadavg()},
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        # JAX settings from the environment that change what is compiled (the processes inherit them)
-        "jax_environment": {name: value for name, value in os.environ.items() if name.startswith("JAX_")},
+        # Settings from the environment that change what is compiled (the processes inherit them):
+        # JAX's, lumi's (LUMI_CAUSAL_BLOCKS, ...) and XLA's flags
+        "jax_environment": {name: value for name, value in os.environ.items()
+                            if name.startswith(("JAX_", "LUMI_")) or name == "XLA_FLAGS"},
         "method": "each figure from a fresh process; cold = empty LUMI_COMPILE_CACHE, warm = the directory the "
                   "cold process filled; lower and compile timed apart, imports not counted",
         "median": {kind: {key: median(kind, key) for key in ("lower_s", "compile_s", "lower_plus_compile_s", "import_s")}
