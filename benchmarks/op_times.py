@@ -31,19 +31,52 @@ def kind_of(name: str) -> str:
     return re.sub(r"(\.\d+|\.clone)+$", "", name)
 
 
-def traced_operations(run: Callable[[], object]) -> tuple[collections.Counter, collections.Counter]:
-    """(microseconds, executions) per XLA operation over one call of `run` under the profiler.
-    `run` should be compiled already: a compilation inside would be traced too."""
+def traced_events(run: Callable[[], object]) -> list[dict]:
+    """The profiler's trace events over one call of `run`. `run` should be compiled already: a
+    compilation inside would be traced too."""
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
             jax.block_until_ready(run())
-        events = json.load(gzip.open(next(Path(trace_dir).rglob("*.trace.json.gz"))))["traceEvents"]
+        return json.load(gzip.open(next(Path(trace_dir).rglob("*.trace.json.gz"))))["traceEvents"]
+
+
+def operation_times(events: list[dict]) -> tuple[collections.Counter, collections.Counter]:
+    """(microseconds, executions) per XLA operation."""
     times, executions = collections.Counter(), collections.Counter()
     for event in events:
         if _is_xla_operation(event):
             times[event["name"]] += event["dur"]
             executions[event["name"]] += 1
     return times, executions
+
+
+def traced_operations(run: Callable[[], object]) -> tuple[collections.Counter, collections.Counter]:
+    """(microseconds, executions) per XLA operation over one call of `run` under the profiler."""
+    return operation_times(traced_events(run))
+
+
+def thread_occupancy(events: list[dict], per: int) -> list[dict]:
+    """For each thread that ran XLA operations: from its first operation to its last, how long it
+    was inside one (nested ones counted once) and how long between them, per unit of `per`. The
+    time between is where a thread waited for work: for the other device, a dependency, a hand-off."""
+    by_thread: dict[tuple, list[tuple[float, float]]] = collections.defaultdict(list)
+    for event in events:
+        if _is_xla_operation(event):
+            by_thread[(event["pid"], event["tid"])].append((event["ts"], event["ts"] + event["dur"]))
+    rows = []
+    for intervals in by_thread.values():
+        intervals.sort()
+        busy, gaps, end = 0.0, 0, intervals[0][0]
+        for start, finish in intervals:
+            if start > end:
+                gaps += 1
+            busy += max(0.0, finish - max(start, end))
+            end = max(end, finish)
+        span = end - intervals[0][0]
+        rows.append({"operations_per_unit": round(len(intervals) / per, 1), "span_ms_per_unit": round(span / per / 1e3, 1),
+                     "busy_ms_per_unit": round(busy / per / 1e3, 1), "between_ms_per_unit": round((span - busy) / per / 1e3, 1),
+                     "gaps_per_unit": round(gaps / per, 1)})
+    return sorted(rows, key=lambda row: -row["busy_ms_per_unit"])
 
 
 def by_kind(times: collections.Counter, executions: collections.Counter, per: int, unit: str,

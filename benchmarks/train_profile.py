@@ -24,7 +24,9 @@ import jax  # noqa: E402  (after train_throughput, which sets the CPU devices up
 from op_times import (  # benchmarks/op_times.py, beside this script
     by_kind,
     largest,
-    traced_operations,
+    operation_times,
+    thread_occupancy,
+    traced_events,
 )
 from train_throughput import REPO_ROOT, compiled_step, machine  # benchmarks/train_throughput.py
 
@@ -51,7 +53,8 @@ def main() -> int:
             state, step_metrics = compiled(state, batch, None)
         return step_metrics
 
-    times, executions = traced_operations(steps)
+    events = traced_events(steps)
+    times, executions = operation_times(events)
     rows = by_kind(times, executions, args.steps, "step")
     result = {
         "benchmark": "train_profile",
@@ -62,9 +65,15 @@ def main() -> int:
         "operations_ms_per_step": round(sum(times.values()) / args.steps / 1e3, 1),
         "operations": rows,
         "largest_operations_us_per_step": largest(times, args.steps),
+        # Per thread that ran operations (both devices share the process's threads): time inside
+        # operations against time between them, per step. Steps run back to back, so the span of
+        # the traced steps is close to their wall time.
+        "threads": thread_occupancy(events, args.steps),
     }
     out = args.out or REPO_ROOT / "benchmarks" / "results" / f"train_profile_{model_name}_cpu.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
+    for thread in result["threads"]:
+        print(f"thread: {thread}")
     for row in rows[:15]:
         print(f"{row['us_per_step'] / 1e3:8.1f} ms/step  ×{row['executions_per_step']:<6} {row['operation']}")
     print(f"wrote {out}")
