@@ -13,7 +13,8 @@ For each seed (data order, initialisation, fine-tuning):
 3. `lumi prepare --source sample-instructions` with that tokenizer (train / dev / test splits of
    unseen combinations, equal shares of six families), once;
 4. fine-tune by `--method`: `shipped` is what `lumi sft` and `make sft` do (config/recipes/sft.json);
-   `attempt15` is the longest measured method (1000 steps of 16 × 128 at lr 3e-3);
+   `attempt15` is the longest measured method (1000 steps of 16 × 128 at lr 3e-3); `story3` and
+   `story_reading` change the training mix (TRAIN_FAMILY_WEIGHTS);
 5. greedy exact match of the pretrained and the fine-tuned model on every example of `--split`.
 
 Each stage reuses what an earlier invocation finished (the runs are resumable), so seeds and
@@ -54,11 +55,16 @@ METHODS = {  # name -> changes to config/recipes/sft.json
     "shipped": {},
     "attempt15": {"steps": 1000, "batch_size": 16, "context": 128, "lr": 3e-3, "min_lr": 3e-4, "warmup": 50},
     "story3": {},
+    "story_reading": {},
 }
 # name -> the training mix of sample-instructions, where a method changes it (dev and test never
 # change: they are drawn from their own streams). story3: three shares of story questions, the
 # one family under its baseline, one share of each other family, in the same 600 steps.
-TRAIN_FAMILY_WEIGHTS = {"story3": {**instructions.FAMILY_WEIGHTS, "story": 3}}
+# story_reading: two shares of a training aid (instructions.story_reading: "What does Noor have?"
+# → "a red ball", "Who has the red ball?"), the same stories asked for a whole phrase, next to one
+# share of each family, in the same 600 steps.
+TRAIN_FAMILY_WEIGHTS = {"story3": {**instructions.FAMILY_WEIGHTS, "story": 3},
+                        "story_reading": {**instructions.FAMILY_WEIGHTS, "story_reading": 2}}
 
 
 def machine() -> dict:

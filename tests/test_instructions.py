@@ -10,6 +10,7 @@ import pytest
 
 from lumi_jax import cli
 from lumi_jax.data import instructions
+from lumi_jax.data import sample_corpus as world
 from lumi_jax.data.catalog import load_corpus
 from lumi_jax.data.prepare import prepare_dataset
 from lumi_jax.data.sources import SourceOptions
@@ -125,9 +126,33 @@ def test_a_training_mix_reaches_the_dataset_through_the_source_options_and_a_bad
     stories = [story_share(uniform), story_share(weighted)]
     assert stories[1] > stories[0]
     assert instructions.FAMILY_WEIGHTS == {family: 1 for family in instructions.FAMILIES}  # the default untouched
-    for bad in ({**story3, "story": 0}, {"story": 2}, {**story3, "poems": 1}):
+    for bad in ({**story3, "story": 0}, {"story": 2}, {**story3, "poems": 1}, {**story3, "story_reading": -1}):
         with pytest.raises(UserError, match="whole number of shares"):
             load_corpus("sample-instructions", SourceOptions(size_mb=0.3, family_weights=bad))
+
+
+def test_a_training_aid_is_trained_on_never_held_out_and_never_shows_a_held_out_pairing():
+    with_aid = instructions.generate_splits(2400, 12, seed=5,
+                                            family_weights={**instructions.FAMILY_WEIGHTS, "story_reading": 2})
+    plain = instructions.generate_splits(2400, 12, seed=5)
+    aids = [e for e in with_aid.train if e.family == "story_reading"]
+    # 2 shares of 8 drawn; ~64% of the aid's draws show only training pairings, ~80% of the others'
+    assert len(aids) / len(with_aid.train) == pytest.approx(2 * 0.64 / (2 * 0.64 + 6 * 0.8), abs=0.04)
+    assert not any(e.family == "story_reading" for e in plain.train)
+    assert (with_aid.dev, with_aid.test) == (plain.dev, plain.test)  # held-out splits never move
+    assert {e.task for e in aids} == {"what_has", "who_has"}
+    held_out = {e.combination for e in plain.dev + plain.test if e.family == "story"}
+    for e in aids:
+        name, color, thing = (e.combination[2:5] if e.task == "what_has" else
+                              (e.combination[3], e.combination[1], e.combination[2]))
+        assert f"{name} has {world.article(color)} {color} {thing}." in e.input  # the answer is read from the story
+        assert e.output in (name, f"{world.article(color)} {color} {thing}")
+        assert all(instructions.split_of(c, 5) == "train" for c in e.reveals)
+        assert not set(e.reveals) & held_out
+    # drawn freely, some aids would show a held-out pairing: the filter is what keeps them out
+    rng = random.Random(0)
+    drawn = [instructions.story_reading(rng) for _ in range(300)]
+    assert any(instructions.split_of(c, 5) != "train" for e in drawn for c in e.reveals)
 
 
 def test_answers_are_right():

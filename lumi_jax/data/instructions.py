@@ -75,6 +75,9 @@ class Example:
     output: str
     combination: tuple  # what the held-out splits pair in a new way; a function of the prompt
     candidates: tuple[str, ...] = ()  # the answers the prompt itself offers (a trivial answerer's pick)
+    # other families' combinations this example's answer also shows (a training aid's): it is kept
+    # for training only when every one of them is a training combination too
+    reveals: tuple[tuple, ...] = ()
 
     @property
     def prompt(self) -> str:
@@ -170,6 +173,31 @@ def story_question(rng):
     return Example("story", task, question, story, answer, combination, candidates)
 
 
+READING = ["What does {name} have?", "What has {name} got?"]
+
+
+def story_reading(rng):
+    """A training aid for the story family, never held out: the same two-sentence stories, asked
+    for a whole phrase ("What does Noor have?" → "a red ball"), or for the owner of a thing named
+    with its colour ("Who has the red ball?"). Its answers show a name with its colour and its
+    thing at once, so it is kept only where both of the story questions' pairings are training ones."""
+    first, second = rng.sample(NAMES, 2)
+    asked = rng.randrange(2)
+    name = (first, second)[asked]
+    colors, things = rng.sample(COLORS, 2), rng.sample(THINGS, 2)
+    color, thing = colors[asked], things[asked]
+    story = (f"{first} has {world.article(colors[0])} {colors[0]} {things[0]}. "
+             f"{second} has {world.article(colors[1])} {colors[1]} {things[1]}.")
+    pairings = (("color", name, color), ("owner", thing, name))
+    if rng.randrange(2):
+        index, text = _phrasing(rng, READING)
+        return Example("story_reading", "what_has", text.format(name=name), story,
+                       f"{world.article(color)} {color} {thing}", ("what_has", index, *pairings[0][1:], thing),
+                       reveals=pairings)
+    return Example("story_reading", "who_has", f"Who has the {color} {thing}?", story, name,
+                   ("who_has", color, thing, name), reveals=pairings)
+
+
 FIELDS = {  # field -> values
     "name": NAMES,
     "age": [str(n) for n in range(3, 13)],
@@ -226,15 +254,27 @@ def split_of(combination: tuple, seed: int) -> str:
     return "test" if bucket < HELD_OUT_PER_MILLE else "dev" if bucket < 2 * HELD_OUT_PER_MILLE else "train"
 
 
+# Families only a training mix may hold: never in dev or test, no baselines (a method's choice).
+TRAINING_AIDS: dict[str, list[Callable[[random.Random], Example]]] = {
+    "story_reading": [story_reading],
+}
+
 # How many shares of the training examples each family gets (dev and test keep equal shares).
 # Equal shares draw the same stream as a plain uniform choice, so a seed's dataset is unchanged.
 FAMILY_WEIGHTS: dict[str, int] = {family: 1 for family in FAMILIES}
 
 
 def draw(rng: random.Random, family_weights: dict[str, int]) -> Example:
-    pool = [family for family in FAMILIES for _ in range(family_weights[family])]
+    generators = FAMILIES | TRAINING_AIDS
+    pool = [family for family in generators for _ in range(family_weights.get(family, 0))]
     family = rng.choice(pool)
-    return rng.choice(FAMILIES[family])(rng)
+    return rng.choice(generators[family])(rng)
+
+
+def for_training(example: Example, seed: int) -> bool:
+    """A family's example trains when its combination is a training one; a training aid's (never
+    held out itself) when every pairing its answer shows is."""
+    return all(split_of(combination, seed) == "train" for combination in (example.reveals or (example.combination,)))
 
 
 @dataclasses.dataclass
@@ -255,14 +295,16 @@ def generate_splits(train_count: int, held_out_count: int, seed: int,
         raise UserError(f"asked for {train_count} training and {held_out_count} held-out examples; "
                         f"use at least 1 and {len(FAMILIES)} (--size-mb larger)")
     weights = FAMILY_WEIGHTS if family_weights is None else dict(family_weights)
-    if sorted(weights) != sorted(FAMILIES) or not all(isinstance(w, int) and w >= 1 for w in weights.values()):
+    families_ok = sorted(set(weights) - set(TRAINING_AIDS)) == sorted(FAMILIES) and set(weights) <= set(FAMILIES) | set(TRAINING_AIDS)
+    shares_ok = all(isinstance(w, int) and w >= (0 if family in TRAINING_AIDS else 1) for family, w in weights.items())
+    if not (families_ok and shares_ok):
         raise UserError(f"family weights {weights} must give every family of {sorted(FAMILIES)} a whole number "
-                        "of shares, at least 1")
+                        f"of shares, at least 1 (and a training aid of {sorted(TRAINING_AIDS)}, if any, 0 or more)")
     rng = random.Random(seed)
     train: list[Example] = []
     while len(train) < train_count:
         example = draw(rng, weights)
-        if split_of(example.combination, seed) == "train":
+        if for_training(example, seed):
             train.append(example)
     held_out = {name: held_out_split(name, held_out_count, seed, stream)
                 for stream, name in ((1_000_003, "dev"), (2_000_003, "test"))}
