@@ -56,6 +56,10 @@ METHODS = {  # name -> changes to config/recipes/sft.json
     "attempt15": {"steps": 1000, "batch_size": 16, "context": 128, "lr": 3e-3, "min_lr": 3e-4, "warmup": 50},
     "story3": {},
     "story_reading": {},
+    # 900 steps: as long as fine-tuning can run within the 15 minutes on this CPU (600 took
+    # 7.4–9.5 min); shipped_900 is the compute-matched control for story_reading_900
+    "story_reading_900": {"steps": 900},
+    "shipped_900": {"steps": 900},
 }
 # name -> the training mix of sample-instructions, where a method changes it (dev and test never
 # change: they are drawn from their own streams). story3: three shares of story questions, the
@@ -64,7 +68,8 @@ METHODS = {  # name -> changes to config/recipes/sft.json
 # → "a red ball", "Who has the red ball?"), the same stories asked for a whole phrase, next to one
 # share of each family, in the same 600 steps.
 TRAIN_FAMILY_WEIGHTS = {"story3": {**instructions.FAMILY_WEIGHTS, "story": 3},
-                        "story_reading": {**instructions.FAMILY_WEIGHTS, "story_reading": 2}}
+                        "story_reading": {**instructions.FAMILY_WEIGHTS, "story_reading": 2},
+                        "story_reading_900": {**instructions.FAMILY_WEIGHTS, "story_reading": 2}}
 
 
 def machine() -> dict:
