@@ -88,6 +88,13 @@ def from_process_0(values: list[float]) -> list[float]:
     return [float(value) for value in multihost_utils.broadcast_one_to_all(np.asarray(values, np.float32))]
 
 
+def sync_processes(name: str) -> None:
+    """Wait until every process reaches the point named `name` (the same name everywhere); with
+    one process, return at once."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
 def make_mesh(data: int = 0, fsdp: int = 1, batch_rows: int | None = None) -> Mesh:
     """A (data, fsdp) mesh; data=0 takes every device fsdp leaves.
 

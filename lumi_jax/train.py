@@ -253,14 +253,15 @@ class Trainer:
             if name in stored:
                 self.run_config[name] = stored[name]
         self.stored_steps = int(stored["train"]["steps"]) if existing else None
+        # Every host checks the directory before any host creates something in it (host 0's
+        # checkpoint manager makes checkpoints/ next): a slow host would otherwise find that
+        # directory and refuse the run as "not a lumi run" (seen under load, tests/test_multihost.py).
+        shard.sync_processes("lumi train: run directory checked")
 
     def record_run(self) -> None:
         """Write config.json (on resume: the new budget and intervals, the same identity) and the
         tokenizer, once every check, the resume's included, has passed: a refused command changes nothing."""
-        if jax.process_count() > 1:  # every host has decided new-or-resume before host 0 writes
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("lumi train: run directory checked")
+        shard.sync_processes("lumi train: state restored")  # every host has restored before host 0 writes
         if self.is_writer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.run_config["train"] = self.train_config.to_dict()  # the length as the resume rule left it
