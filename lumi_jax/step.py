@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -187,7 +188,10 @@ def initial_state(model_config, train_config, optimizer, mesh, given_params=None
         make = jax.jit(lambda: make_state(init_params(model_config, jax.random.key(seed))), out_shardings=shardings)
         return make(), shardings
     check_params_fit(model_config, abstract_params, given_params)
-    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), given_params)
+    # On the host first: parameters already placed on one device (a run loaded before the mesh
+    # grew to every core) would otherwise clash with the state's placement over the whole mesh.
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32) if getattr(x, "is_fully_addressable", True)
+                          else jnp.asarray(x, jnp.float32), given_params)
     return jax.jit(make_state, out_shardings=shardings)(params), shardings
 
 
